@@ -1,0 +1,197 @@
+"""A local stand-in for the Anthropic Messages API, reached by the real anthropic SDK via ANTHROPIC_BASE_URL.
+
+It serves a scripted list of replies (messages or API errors) to `POST /v1/messages`, one per request,
+and records every request body so tests can assert what the agent sent.
+
+    with FakeAnthropic([message(tool_use("submit", {...}))]) as fake:
+        fake.install(monkeypatch)  # sets ANTHROPIC_BASE_URL and a dummy ANTHROPIC_API_KEY
+        ...
+        fake.requests[0]["system"]
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+DEFAULT_USAGE = {
+    "input_tokens": 1000,
+    "output_tokens": 200,
+    "cache_creation_input_tokens": 3000,
+    "cache_read_input_tokens": 0,
+}
+_ids = itertools.count(1)
+
+
+def text(value: str) -> dict:
+    return {"type": "text", "text": value}
+
+
+def tool_use(name: str, tool_input: object, block_id: str | None = None) -> dict:
+    return {
+        "type": "tool_use",
+        "id": block_id or f"toolu_{next(_ids):04d}",
+        "name": name,
+        "input": tool_input,
+    }
+
+
+def message(
+    *blocks: dict, stop_reason: str | None = None, usage: dict | None = None, model: str = ""
+) -> dict:
+    """A Messages API reply; stop_reason defaults to tool_use when a block calls a tool, else end_turn."""
+    if stop_reason is None:
+        stop_reason = "tool_use" if any(block["type"] == "tool_use" for block in blocks) else "end_turn"
+    return {
+        "id": f"msg_{next(_ids):04d}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,  # empty: filled with the requested model
+        "content": list(blocks),
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": dict(usage or DEFAULT_USAGE),
+    }
+
+
+def error(status: int, error_type: str, error_message: str, headers: dict | None = None) -> dict:
+    """An API error reply, with the body shape of platform.claude.com/docs/en/api/errors."""
+    return {
+        "status": status,
+        "headers": headers or {},
+        "body": {"type": "error", "error": {"type": error_type, "message": error_message}},
+    }
+
+
+OVERLOADED = error(529, "overloaded_error", "Overloaded")
+RATE_LIMITED = error(
+    429, "rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit"
+)
+BAD_KEY = error(401, "authentication_error", "invalid x-api-key")
+
+
+class FakeAnthropic:
+    """A ThreadingHTTPServer on 127.0.0.1 (free port) serving scripted Messages API replies."""
+
+    def __init__(self, script: list[dict], sdk_retry_after_ms: int = 1):
+        self.script = list(script)
+        self.requests: list[dict] = []  # parsed JSON bodies, in arrival order
+        self.raw_requests: list[str] = []
+        self.headers: list[dict] = []
+        self.sdk_retry_after_ms = sdk_retry_after_ms  # keeps the SDK's own retry sleeps tiny
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def install(self, monkeypatch) -> None:
+        """Point the anthropic SDK at this server with a dummy key (pytest monkeypatch)."""
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", self.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-dummy")
+        monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
+
+    def start(self) -> FakeAnthropic:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def all_requests_text(self) -> str:
+        return "\n".join(self.raw_requests)
+
+    def _reply_for(self, body: dict) -> tuple[int, dict, dict]:
+        problem = check_request(body)
+        if problem:
+            return 400, {}, error(400, "invalid_request_error", problem)["body"]
+        with self._lock:
+            if not self.script:
+                return (
+                    400,
+                    {},
+                    error(400, "invalid_request_error", "fake server: no scripted reply left")["body"],
+                )
+            reply = self.script.pop(0)
+        if "status" in reply:
+            headers = {"retry-after-ms": str(self.sdk_retry_after_ms), **reply["headers"]}
+            return reply["status"], headers, reply["body"]
+        return 200, {}, {**reply, "model": reply["model"] or body.get("model", "")}
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("content-length", 0))).decode("utf-8")
+                if self.path.split("?")[0] != "/v1/messages":
+                    return self._send(404, {}, error(404, "not_found_error", self.path)["body"])
+                with fake._lock:
+                    fake.raw_requests.append(raw)
+                    fake.headers.append(dict(self.headers))
+                try:
+                    body = json.loads(raw)
+                except json.JSONDecodeError:
+                    return self._send(
+                        400, {}, error(400, "invalid_request_error", "body is not JSON")["body"]
+                    )
+                with fake._lock:
+                    fake.requests.append(body)
+                self._send(*fake._reply_for(body))
+
+            def _send(self, status: int, headers: dict, payload: dict) -> None:
+                data = json.dumps(payload).encode("utf-8")
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.send_header("request-id", f"req_fake_{next(_ids):04d}")
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:  # keep pytest output clean
+                pass
+
+        return Handler
+
+
+def check_request(body: dict) -> str | None:
+    """The few request rules of the real API that an agent is likely to break; None when fine."""
+    for key in ("model", "max_tokens", "messages"):
+        if key not in body:
+            return f"{key}: Field required"
+    messages = body["messages"]
+    if not messages or messages[0].get("role") != "user":
+        return "messages: the first message must use the user role"
+    for index, item in enumerate(messages):
+        if item.get("role") not in ("user", "assistant") or not item.get("content"):
+            return f"messages.{index}: a role of user or assistant and non-empty content are required"
+        if item["role"] == "assistant":
+            asked = [b["id"] for b in item["content"] if isinstance(b, dict) and b.get("type") == "tool_use"]
+            following = messages[index + 1]["content"] if index + 1 < len(messages) else []
+            answered = [
+                b.get("tool_use_id")
+                for b in following
+                if isinstance(b, dict) and b.get("type") == "tool_result"
+            ]
+            if asked and (index + 1 == len(messages) or sorted(asked) != sorted(answered)):
+                return f"messages.{index + 1}: each tool_use id needs a tool_result block in the next message"
+    cache_breakpoints = json.dumps(body).count('"cache_control"')
+    if cache_breakpoints > 4:
+        return f"a maximum of 4 blocks with cache_control may be provided. Found {cache_breakpoints}."
+    return None
