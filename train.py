@@ -4,7 +4,7 @@ This is the one file the research agent edits. The config block below holds ever
 top to bottom: labels and decoding, tokenization into windows, model, training, prediction, main.
 Data helpers come from prepare.py and the scores from evaluate.py (both fixed files).
 
-Usage: python train.py [--model NAME|minilm] [--epochs N] [--seed N] [--limit N] [--out DIR] [--device D]
+Usage: python train.py [--model NAME|minilm] [--epochs N] [--seed N] [--lr LR] [--limit N] [--out DIR] [--device D]
                        [--data DIR]
 """
 
@@ -489,6 +489,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", help=f"HF id, local folder or 'minilm' (default {MODEL_NAME})")
     parser.add_argument("--epochs", type=int, help=f"training epochs (default {EPOCHS})")
     parser.add_argument("--seed", type=int, help=f"random seed (default {SEED})")
+    parser.add_argument("--lr", type=float, help=f"peak learning rate (default {LEARNING_RATE}; MiniLM wants ~1e-4)")
     parser.add_argument("--limit", type=int, help="train on the first N training rows only")
     parser.add_argument("--out", type=Path, default=Path("runs/manual"), help="output folder")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
@@ -591,11 +592,12 @@ def print_summary(summary: dict, types: list[str]) -> None:
 
 
 def main(argv=None) -> int:
-    global MODEL_NAME, EPOCHS, SEED
+    global MODEL_NAME, EPOCHS, SEED, LEARNING_RATE
     args = parse_args(argv)
     MODEL_NAME = args.model or MODEL_NAME
     EPOCHS = args.epochs if args.epochs is not None else EPOCHS
     SEED = args.seed if args.seed is not None else SEED
+    LEARNING_RATE = args.lr if args.lr is not None else LEARNING_RATE
     try:
         summary = run(args)
         print_summary(summary, load_entity_types(args.data))
