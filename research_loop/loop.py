@@ -28,8 +28,8 @@ from statistics import mean, stdev
 
 from git import GitCommandError
 
-from . import ledger, state
-from .acceptance import AcceptancePolicy, Monotonic, Standing
+from . import holdout, ledger, state
+from .acceptance import AcceptancePolicy, Monotonic, Standing, pooled_noise
 from .agents import Agent, AgentError, Context, Proposal
 from .builtin_agent import normalised
 from .gitops import TRAIN_FILE, Git, GitError, branch_name
@@ -39,6 +39,7 @@ from .runner import kill_stale, read_tail, run_training, training_command, train
 
 TEST_CRASH_ENV = "NER_AUTORESEARCH_TEST_CRASH_AT"  # tests only: os._exit(137) at a named point
 STOP_FILE = "STOP"
+STOP_REASON_FILE = "last_stop.json"  # runs/<tag>/: why the last session ended, for the report
 PROGRAM_FILE = "program.md"
 RECENT_ROWS = 20  # rows of results.tsv shown to the agent
 MAX_AGENT_WAIT_S = 900.0
@@ -69,7 +70,8 @@ class LoopConfig:
     baseline_timeout_s: float = 7200.0  # before any duration is known
     policy: AcceptancePolicy = field(default_factory=Monotonic)
     check_duplicates: bool = True  # off for the null agent, whose proposals are duplicates by design
-    max_bounces: int = 3  # duplicate proposals sent back to the agent per iteration
+    max_bounces: int = 3  # proposals sent back to the agent per iteration (duplicates, closed directions)
+    close_after: int = 5  # a direction closes after this many failures in a row; 0 = never
     agent_retry_s: float = 60.0  # first wait after an AgentError; doubles, capped at 15 minutes
     agent_max_failures: int = 8
     kill_grace_s: float = 10.0  # SIGTERM -> SIGKILL
@@ -226,6 +228,11 @@ class Loop:
                 except KeyboardInterrupt:
                     self._drop_uncommitted_proposal()
                     self.summary.stop_reason = "aborted (Ctrl-C twice); nothing half-done was logged"
+                best = state.best_row(self.rows)
+                if best is not None:
+                    self._score_holdout(best, role="final")
+                stop = {"stop_reason": self.summary.stop_reason, "ok": self.summary.ok, "timestamp": ledger.now_iso()}
+                (self.tag_dir / STOP_REASON_FILE).write_text(json.dumps(stop) + "\n")
                 self.progress.doing(f"stopped: {self.summary.stop_reason}")
         finally:
             self.lock.release()
@@ -274,6 +281,8 @@ class Loop:
             if kill_stale(pid_file):
                 self.progress.note(f"killed a train.py left running by a killed loop ({pid_file.parent.name})")
         self.guard = Guard(self.repo, self.tag_dir / ".protected")
+        calibration = self.tag_dir / "calibration.json"
+        self.calibration = json.loads(calibration.read_text()) if calibration.is_file() else None
         self._reconcile()
         for row in self.rows:
             self._remember(row)
@@ -290,6 +299,13 @@ class Loop:
         prepare = import_file(self.repo / "prepare.py", "prepare")
         self.score_files, self.score_error = evaluate.score_files, evaluate.ScoreError
         data_dir = self.repo / "data"
+        self.holdout_gold = None
+        if (data_dir / "holdout.jsonl").is_file():
+            gold = prepare.holdout_gold_path(data_dir)
+            self.holdout_gold = gold if gold.is_file() else None
+            if self.holdout_gold is None:
+                self.progress.note(f"holdout gold not found ({gold}): holdout scoring is off; rerun prepare.py")
+        self.holdout_scores_path = holdout.scores_path(gold, self.repo, self.tag) if self.holdout_gold else None
         try:
             self.labels = prepare.load_labels(data_dir)
             self.entity_types = prepare.load_entity_types(data_dir)
@@ -455,7 +471,7 @@ class Loop:
         run = self._next_run()
         best = state.best_row(self.rows)
         others_before = self._other_changes()
-        proposal, cost, duplicate = None, 0.0, None
+        proposal, cost, bounce = None, 0.0, None
         feedback, self.feedback = self.feedback, None
         for _ in range(self.config.max_bounces + 1):
             proposal = self._propose(self._context(feedback))
@@ -465,15 +481,12 @@ class Loop:
                 self._save_proposal(run, proposal)
                 self._invalid(run, proposal, cost, f"train.py does not compile: {error}")
                 return
-            duplicate = self.seen.get(normalised(proposal.train_py)) if self.config.check_duplicates else None
-            if duplicate is None:
+            bounce = self._bounce_reason(proposal, best)
+            if bounce is None:
                 break
-            feedback = (f"Your proposal is the same train.py (ignoring comments and whitespace) as run "
-                        f"{duplicate['run']} ({duplicate['status']}, strict F1 {duplicate['strict_f1'] or '-'}; "
-                        f"best {best['strict_f1']}). Propose a different change.")
-        if duplicate is not None:
-            self._invalid(run, proposal, cost, f"duplicate of run {duplicate['run']} "
-                                               f"({self.config.max_bounces} bounces)")
+            feedback = f"Your proposal was sent back before any training: {bounce[1]}"
+        if bounce is not None:
+            self._invalid(run, proposal, cost, f"{bounce[0]} ({self.config.max_bounces} bounces)")
             return
         if self.stop_requested:
             raise _Stop("stopped by Ctrl-C (the last proposal was not run)")
@@ -500,6 +513,47 @@ class Loop:
         self.pending_path.unlink(missing_ok=True)
         _crash_point("after_commit", run)
         self._train_and_log(run, commit, meta, is_baseline=False)
+
+    def _bounce_reason(self, proposal: Proposal, best: dict) -> tuple[str, str] | None:
+        """(short note, message for the agent) when a proposal goes back untrained: a train.py already run
+        (comments and whitespace aside), or a direction closed after too many failures in a row."""
+        duplicate = self.seen.get(normalised(proposal.train_py)) if self.config.check_duplicates else None
+        if duplicate is not None:
+            return (f"duplicate of run {duplicate['run']}",
+                    (f"it is the same train.py (ignoring comments and whitespace) as run {duplicate['run']} "
+                    f"({duplicate['status']}, strict F1 {duplicate['strict_f1'] or '-'}; best {best['strict_f1']}). "
+                    "Propose a different change."))
+        if state.direction_key(proposal.direction) in self._closed_directions():
+            return (f"direction {proposal.direction!r} is closed",
+                    (f"the direction {proposal.direction!r} is closed: it failed {self.config.close_after} times "
+                    "in a row without a keep (see the direction table in CURRENT_STATE.md). Choose another "
+                    "direction; only the human can reopen it, in program.md."))
+        return None
+
+    def _closed_directions(self) -> set[str]:
+        reopened = state.reopened_directions(_read(self.repo / PROGRAM_FILE))
+        return state.closed_directions(self.rows, self.config.close_after, reopened)
+
+    def _noise(self) -> tuple[float | None, int]:
+        """The night's pooled seed noise: calibration, the baseline's seeds, and every confirmed candidate's
+        seeds after its first (the first passed a screen, so it is biased upwards)."""
+        lists = [self.calibration["scores"]] if self.calibration else []
+        for row in self.rows:
+            scores = self._scores_of(row) or []
+            if row["status"] == "baseline":
+                lists.append(scores)
+            elif row["status"] in ("keep", "discard") and len(scores) > 2:
+                lists.append(scores[1:])
+        return pooled_noise(lists)
+
+    def _noise_line(self) -> str:
+        sd, df = self._noise()
+        if sd is None:
+            return "Seed noise: not measured yet (a one-seed baseline; run `agent_loop.py calibrate`)."
+        line = f"Seed noise (sd of strict F1 between seeds): {sd:.4f} on {df} degrees of freedom"
+        if hasattr(self.policy, "detectable_gain"):
+            line += f"; the smallest gain kept 80% of the time: {self.policy.detectable_gain(sd):+.4f}"
+        return line + "."
 
     def _propose(self, context: Context) -> Proposal:
         """The agent's proposal; AgentError waits with doubling backoff, and ends the loop after too many."""
@@ -563,12 +617,31 @@ class Loop:
         status, fields = verdict_fields
         if status == "invalid":
             self.feedback = f"Your previous proposal (run {run}) was logged invalid: {fields['note']}."
-        return self._log(self._row(run, commit, status, meta, **fields))
+        row = self._log(self._row(run, commit, status, meta, **fields))
+        if status in ledger.KEPT_STATUSES:
+            self._score_holdout(row, role=status)
+        return row
+
+    def _score_holdout(self, row: dict, role: str) -> None:
+        """Score a kept run's holdout predictions (every seed) into the loop-only holdout file."""
+        if self.holdout_scores_path is None:
+            return
+        folder = run_dir(self.repo, self.tag, int(row["run"]))
+        seeds = [seed for seed in row.get("seeds", "").split(",") if seed]
+        files = [folder / "pred_holdout.jsonl", *(folder / f"seed-{seed}" / "pred_holdout.jsonl" for seed in seeds[1:])]
+        try:
+            entry = holdout.score_run(self.score_files, self.holdout_gold, files, row["run"], row["commit"], role)
+        except self.score_error as exc:
+            self.progress.note(f"run {row['run']}: holdout not scored: {exc}")
+            return
+        holdout.append_score(self.holdout_scores_path, entry)
 
     def _evaluate(self, run: int, folder: Path, is_baseline: bool, meta: dict):
         """(status, row fields) after running the seeds the policy asks for; None when aborted."""
+        noise_sd, noise_df = self._noise()
         standing = Standing(best_scores=self._scores_of(state.best_row(self.rows)),
-                            baseline_scores=self._scores_of(state.baseline_row(self.rows)))
+                            baseline_scores=self._scores_of(state.baseline_row(self.rows)),
+                            noise_sd=noise_sd, noise_df=noise_df)
         results, seeds, printed, seconds = [], [], [], 0.0
         timeout = self._timeout(is_baseline)
         while True:
@@ -737,7 +810,8 @@ class Loop:
         best = state.best_row(self.rows)
         self.budget.hours = (time.monotonic() - self.started) / 3600
         text = state.render(self.tag, self.rows, self.git.show(best["commit"]) if best else None,
-                            self.entity_types, self.budget, self.policy.name)
+                            self.entity_types, self.budget, self.policy.name, noise_line=self._noise_line(),
+                            closed=self._closed_directions(), close_after=self.config.close_after)
         state.write_atomically(self.repo / ledger.STATE_FILE, text)
 
     def _next_run(self) -> int:

@@ -18,10 +18,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from . import state
 from .ledger import KEPT_STATUSES, RAN_STATUSES, TAIL_COLUMNS, tag_of
 from .state import baseline_row, best_row
 
 FAILED_STATUSES = ("crash", "timeout")
+NUMBER_COLUMNS = ("relaxed_f1", "peak_vram_gb", "seconds", "cost_usd")  # and every strict_f1* column
 CLOSED_AFTER_FAILURES = 5  # a direction with this many non-keeps in a row is worth abandoning
 PLATEAU_RUNS = 15
 CRASH_SHARE = 0.25
@@ -245,27 +247,16 @@ def compare(best: dict | None, baseline: dict | None, holdout: list[dict], entit
 
 
 def direction_stats(rows: list[dict], closed_directions: set[str] | None = None) -> list[DirectionStats]:
-    """Per direction (the baseline aside): runs, keeps, best strict F1 and its gain, whether it is closed."""
+    """Per direction (the baseline aside): runs, keeps, best strict F1 and its gain, whether it is closed
+    (`closed_directions` holds state.direction_key()s; by default, CLOSED_AFTER_FAILURES failures in a row)."""
     base = val_score(baseline_row(rows))
-    tally: dict[str, dict] = {}
-    for row in rows:
-        if row["status"] == "baseline":
-            continue
-        direction = row.get("direction") or "(none)"
-        entry = tally.setdefault(direction, {"runs": 0, "keeps": 0, "best": None, "failing": 0})
-        entry["runs"] += 1
-        entry["keeps"] += row["status"] == "keep"
-        entry["failing"] = 0 if row["status"] == "keep" else entry["failing"] + 1
-        score = _number(row, "strict_f1") if row["status"] in ("keep", "discard") else None
-        if score is not None and (entry["best"] is None or score > entry["best"]):
-            entry["best"] = score
+    if closed_directions is None:
+        closed_directions = state.closed_directions(rows, CLOSED_AFTER_FAILURES)
     stats = []
-    for direction, entry in tally.items():
-        closed = (direction in closed_directions if closed_directions is not None
-                  else entry["failing"] >= CLOSED_AFTER_FAILURES)
+    for direction, entry in state.direction_stats(rows).items():
         gain = entry["best"] - base.mean if entry["best"] is not None and base is not None else None
         stats.append(DirectionStats(direction, entry["runs"], entry["keeps"], entry["best"], gain,
-                                    entry["failing"], closed))
+                                    entry["failing"], state.direction_key(direction) in closed_directions))
     return sorted(stats, key=lambda stat: (-stat.runs, stat.direction))
 
 
@@ -333,6 +324,10 @@ def plateau_alert(rows: list[dict]) -> Alert | None:
 def build_report(rows: list[dict], holdout: list[dict], *, stop_reason: str | None = None,
                  closed_directions: set[str] | None = None, tokens: dict | None = None) -> Report:
     """Everything the morning report says, as plain data (rows: results.tsv as read by ledger.read_rows)."""
+    for row in rows:  # one clear error for a damaged cell, before any arithmetic
+        for column in row:
+            if column.startswith("strict_f1") or column in NUMBER_COLUMNS:
+                _number(row, column)
     counts = count_runs(rows)
     best, baseline = best_row(rows), baseline_row(rows)
     comparisons = compare(best, baseline, holdout, entity_types_of(rows))

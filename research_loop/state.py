@@ -57,26 +57,65 @@ def _cell(text: str, width: int = DESCRIPTION_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def direction_table(rows: list[dict]) -> list[str]:
-    """Per direction: runs, best strict F1, gain over the baseline, failures in a row (runs since its last keep)."""
-    baseline = baseline_row(rows)
-    base_f1 = as_float(baseline["strict_f1"]) if baseline else None
+def direction_key(direction: str) -> str:
+    """Directions compare case- and space-insensitively ("Learning rate" is "learning  rate")."""
+    return " ".join((direction or "(none)").lower().split())
+
+
+def direction_stats(rows: list[dict]) -> dict[str, dict]:
+    """Per direction (as first written): runs, keeps, best strict F1, failures in a row (since its last keep)."""
     stats: dict[str, dict] = {}
+    names: dict[str, str] = {}
     for row in rows:
         if row["status"] == "baseline":
             continue
-        entry = stats.setdefault(row.get("direction") or "(none)", {"runs": 0, "best": None, "failing": 0})
+        key = direction_key(row.get("direction", ""))
+        name = names.setdefault(key, row.get("direction") or "(none)")
+        entry = stats.setdefault(name, {"runs": 0, "keeps": 0, "best": None, "failing": 0})
         entry["runs"] += 1
+        entry["keeps"] += row["status"] == "keep"
         score = as_float(row.get("strict_f1"))
         if score is not None and row["status"] in ("keep", "discard"):
             entry["best"] = score if entry["best"] is None else max(entry["best"], score)
         entry["failing"] = 0 if row["status"] == "keep" else entry["failing"] + 1
-    lines = ["| direction | runs | best strict F1 | gain over baseline | failures in a row |", "|---|---|---|---|---|"]
-    for direction, entry in sorted(stats.items(), key=lambda item: -item[1]["runs"]):
+    return stats
+
+
+def reopened_directions(program_md: str) -> set[str]:
+    """Direction keys listed (`- direction: why`, one per line) under a "Reopened directions:" heading."""
+    reopened, inside = set(), False
+    for line in program_md.splitlines():
+        stripped = line.strip()
+        if stripped.lower().lstrip("#").strip().startswith("reopened directions"):
+            inside = True
+        elif inside and stripped.startswith(("- ", "* ")):
+            reopened.add(direction_key(stripped[2:].split(":")[0]))
+        elif inside and stripped.startswith("#"):
+            inside = False  # the next section
+    return reopened
+
+
+def closed_directions(rows: list[dict], close_after: int, reopened: set[str] = frozenset()) -> set[str]:
+    """Direction keys with `close_after` or more failures in a row and no reopening in program.md."""
+    if close_after <= 0:
+        return set()
+    return {direction_key(name) for name, entry in direction_stats(rows).items()
+            if entry["failing"] >= close_after and direction_key(name) not in reopened}
+
+
+def direction_table(rows: list[dict], closed: set[str] = frozenset()) -> list[str]:
+    """Per direction: runs, best strict F1, gain over the baseline, failures in a row, closed or open."""
+    baseline = baseline_row(rows)
+    base_f1 = as_float(baseline["strict_f1"]) if baseline else None
+    lines = ["| direction | runs | best strict F1 | gain over baseline | failures in a row | closed |",
+             "|---|---|---|---|---|---|"]
+    for direction, entry in sorted(direction_stats(rows).items(), key=lambda item: -item[1]["runs"]):
         best = entry["best"]
         gain = f"{best - base_f1:+.4f}" if best is not None and base_f1 is not None else ""
         best_text = "" if best is None else f"{best:.4f}"
-        lines.append(f"| {_cell(direction, 40)} | {entry['runs']} | {best_text} | {gain} | {entry['failing']} |")
+        is_closed = "closed" if direction_key(direction) in closed else ""
+        lines.append(f"| {_cell(direction, 40)} | {entry['runs']} | {best_text} | {gain} | {entry['failing']} "
+                     f"| {is_closed} |")
     return lines
 
 
@@ -102,10 +141,12 @@ def notes(rows: list[dict]) -> list[str]:
 
 
 def render(tag: str, rows: list[dict], best_train_py: str | None, entity_types: list[str], budget: Budget,
-           policy_name: str) -> str:
+           policy_name: str, noise_line: str = "", closed: set[str] = frozenset(), close_after: int = 0) -> str:
     """The whole CURRENT_STATE.md text."""
     best = best_row(rows)
     out = [f"# Current state: autoresearch/{tag}", "", f"Acceptance: {policy_name} (strict F1 on val).", ""]
+    if noise_line:
+        out += [noise_line, ""]
     out += ["## Best run", ""]
     if best is None:
         out += ["No baseline yet.", ""]
@@ -117,7 +158,11 @@ def render(tag: str, rows: list[dict], best_train_py: str | None, entity_types: 
         if best_train_py is not None:
             out += ["Its config block:", "", "```python", *config_block(best_train_py), "```", ""]
     out += ["## Score history", "", *history_table(rows), ""]
-    out += ["## Directions tried", "", *direction_table(rows), ""]
+    out += ["## Directions tried", ""]
+    if close_after:
+        out += [(f"A direction closes after {close_after} failures in a row; a proposal in a closed direction "
+                 "is sent back before any training unless program.md lists it under \"Reopened directions:\"."), ""]
+    out += [*direction_table(rows, closed), ""]
     out += ["## Notes (recent runs: hypothesis -> outcome)", "", *notes(rows), ""]
     limits = [f"runs {budget.runs}" + (f" of {budget.max_runs}" if budget.max_runs else ""),
               f"hours {budget.hours:.2f}" + (f" of {budget.max_hours:g}" if budget.max_hours else ""),
