@@ -2,7 +2,11 @@
 
 python agent_loop.py [run] [--tag nov23] [--agent anthropic|builtin|null] [--llm MODEL] [--max-runs N]
                      [--max-hours H] [--max-cost-usd D] [--timeout-min M] [--train-args "..."]
+                     [--policy confirm|monotonic] [--seeds K] [--min-delta D] [--close-after N]
 python agent_loop.py status [--tag TAG]
+python agent_loop.py report [--tag TAG] [--format rich|md] [--plot progress.png]
+python agent_loop.py calibrate [--repeats N] [--tag TAG] [--train-args "..."] [--policy confirm|monotonic]
+                               [--seeds K] [--timeout-min M]
 """
 
 from __future__ import annotations
@@ -16,13 +20,21 @@ from statistics import median
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
+from research_loop import calibrate as calibration
+from research_loop.acceptance import make_policy
 from research_loop.agents import AgentError
 from research_loop.loop import LoopConfig, LoopError, describe_status, run_loop
 
 REPO = Path(__file__).resolve().parent
 
 app = typer.Typer(add_completion=False, help="An unattended overnight research loop for BIO NER.")
+
+
+class PolicyName(str, Enum):
+    confirm = "confirm"
+    monotonic = "monotonic"
 
 
 class AgentKind(str, Enum):
@@ -42,7 +54,7 @@ def fail(message: str) -> None:
 
 
 # train.py options that override a config constant: the builtin agent leaves those constants alone.
-OVERRIDING_OPTIONS = {"--epochs": "EPOCHS", "--model": "MODEL_NAME", "--seed": "SEED"}
+OVERRIDING_OPTIONS = {"--epochs": "EPOCHS", "--model": "MODEL_NAME", "--seed": "SEED", "--lr": "LEARNING_RATE"}
 
 
 def make_agent(kind: AgentKind, llm: str | None, agent_seed: int, train_args: str):
@@ -92,6 +104,13 @@ def run(
     train_args: Annotated[str, typer.Option(help='extra arguments for every train.py run, '
                                                  'e.g. "--model minilm --epochs 2"')] = "",
     agent_seed: Annotated[int, typer.Option(help="seed of the builtin agent's random search")] = 0,
+    policy: Annotated[PolicyName, typer.Option(help="confirm: screen on one seed, keep only a mean gain over "
+                                                    "--seeds seeds beyond the seed noise; monotonic: keep any "
+                                                    "one-seed gain")] = PolicyName.confirm,
+    seeds: Annotated[int, typer.Option(min=2, help="seeds per confirmed run and for the baseline (confirm)")] = 3,
+    min_delta: Annotated[float, typer.Option(min=0, help="never keep a mean gain below this (confirm)")] = 0.0,
+    close_after: Annotated[int, typer.Option(min=0, help="close a direction after this many failures in a row; "
+                                                         "0 = never")] = 5,
 ) -> None:
     """Start (or resume) the loop; Ctrl-C or a STOP file finishes the current run and stops."""
     try:
@@ -102,6 +121,8 @@ def run(
         repo=REPO, tag=tag or default_tag(), train_args=train_args, max_runs=max_runs, max_hours=max_hours,
         max_cost_usd=max_cost_usd, timeout_s=timeout_min * 60 if timeout_min else None,
         check_duplicates=agent is not AgentKind.null,  # null proposals are duplicates on purpose
+        close_after=0 if agent is AgentKind.null else close_after,  # and all in one direction
+        policy=make_policy(policy.value, seeds=seeds, min_delta=min_delta),
     )
     proposer = make_agent(agent, llm, agent_seed, train_args)
     try:
@@ -127,6 +148,75 @@ def status(
     """Say whether a loop is running and where its runs stand."""
     for line in describe_status(REPO, tag):
         typer.echo(line)
+
+
+@app.command()
+def calibrate(
+    repeats: Annotated[int, typer.Option(min=2, help="seeds to run (42, 43, ... like the loop's)")] = 3,
+    tag: Annotated[str | None, typer.Option(help="stored as runs/<tag>/calibration.json; default: today, "
+                                                 "like nov23")] = None,
+    train_args: Annotated[str, typer.Option(help='extra arguments for every train.py run, '
+                                                 'e.g. "--model minilm --epochs 2"')] = "",
+    policy: Annotated[PolicyName, typer.Option(help="the acceptance policy to judge the noise for")] = PolicyName.confirm,
+    seeds: Annotated[int, typer.Option(min=1, help="seeds per confirmed run, for --policy confirm")] = 3,
+    timeout_min: Annotated[float | None, typer.Option(min=0.01, help="kill a train.py run after this many "
+                                                      "minutes; default: 120")] = None,
+) -> None:
+    """Run the committed train.py on a few seeds: seed noise of strict F1 on val, and the gain the policy can see."""
+    try:
+        shlex.split(train_args)
+    except ValueError as exc:
+        fail(f"--train-args: {exc}")
+    try:
+        acceptance = make_policy(policy.value, seeds=seeds)
+    except ValueError as exc:
+        fail(str(exc))
+    tag = tag or default_tag()
+    try:
+        result = calibration.calibrate(REPO, tag, repeats, train_args, acceptance,
+                                       timeout_min * 60 if timeout_min else None, echo=typer.echo)
+    except calibration.CalibrationError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("interrupted: train.py was stopped; nothing written", err=True)
+        raise typer.Exit(130) from None
+    console = Console(highlight=False)
+    console.print(calibration.calibration_table(result))
+    for line in calibration.summary_lines(result):
+        console.print(line)
+    typer.echo(f"written: {calibration.calibration_path(REPO, tag).relative_to(REPO)}")
+
+
+class ReportFormat(str, Enum):
+    rich = "rich"
+    md = "md"
+
+
+@app.command()
+def report(
+    tag: Annotated[str | None, typer.Option(help="default: the tag of the current results.tsv")] = None,
+    format: Annotated[ReportFormat, typer.Option("--format", help="rich for the terminal, md for notes")] = (
+        ReportFormat.rich),
+    plot: Annotated[Path | None, typer.Option(help="where to write the progress plot; default: progress.png "
+                                                   "in the repository")] = None,
+) -> None:
+    """The morning summary: what ran, what won, val against the blind holdout, warnings; writes progress.png."""
+    import prepare
+    from research_loop import morning
+    from research_loop import report as reporting
+
+    try:
+        night = morning.load_night(REPO, tag, prepare)
+        summary = reporting.build_report(night.rows, night.holdout, stop_reason=night.stop_reason,
+                                         closed_directions=night.closed_directions)
+    except reporting.ReportError as exc:
+        fail(str(exc))
+    written = reporting.plot_progress(night.rows, night.holdout, plot or REPO / "progress.png")
+    if format is ReportFormat.md:
+        typer.echo(reporting.render_markdown(summary))
+    else:
+        Console().print(reporting.render_rich(summary))
+    typer.echo(f"plot: {written}", err=format is ReportFormat.md)
 
 
 def main() -> None:

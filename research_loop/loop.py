@@ -281,8 +281,12 @@ class Loop:
             if kill_stale(pid_file):
                 self.progress.note(f"killed a train.py left running by a killed loop ({pid_file.parent.name})")
         self.guard = Guard(self.repo, self.tag_dir / ".protected")
-        calibration = self.tag_dir / "calibration.json"
-        self.calibration = json.loads(calibration.read_text()) if calibration.is_file() else None
+        from .calibrate import CalibrationError, read_calibration  # calibrate builds on this module
+
+        try:
+            self.calibration = read_calibration(self.repo, self.tag)
+        except CalibrationError as exc:
+            raise LoopError(str(exc)) from None
         self._reconcile()
         for row in self.rows:
             self._remember(row)

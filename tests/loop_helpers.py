@@ -18,6 +18,8 @@ PROJECT_FILES = ("prepare.py", "evaluate.py", "train.py", "program.md", "agent_l
 
 # A stand-in for train.py that runs in well under a second: it predicts the gold tags of the first QUALITY
 # share of val rows (O elsewhere), so strict F1 rises with QUALITY. ACTION makes it misbehave on purpose.
+# With PREDICT_TEST = True it also writes pred_test.csv (with prepare.py's writer, as train.py does) when
+# DATA/test.jsonl exists: the first token of the first QUALITY share of test rows is tagged, the rest O.
 FAKE_TRAIN_PY = '''"""Fake train.py for the loop tests."""
 
 import argparse
@@ -35,6 +37,7 @@ WEIGHT_DECAY = 0.01  # only moves the fake score a little
 SCHEDULE = "cosine"  # only moves the fake score a little
 ACTION = ""  # crash | oom | grandchild | hang_first_attempt | tamper | stop | nopred | badpred
 SLEEP_S = 0.0  # seconds to sleep before predicting
+PREDICT_TEST = False  # also write pred_test.csv when data/test.jsonl exists
 
 
 def main():
@@ -42,10 +45,11 @@ def main():
     parser.add_argument("--out", type=Path, default=Path("runs/manual"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sleep", type=float, default=SLEEP_S)
+    parser.add_argument("--data", type=Path, default=Path("data"))
     args, _ = parser.parse_known_args()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "env.json").write_text(json.dumps(dict(os.environ)))
-    print("fake training", flush=True)
+    print("fake training with arguments:", *sys.argv[1:], flush=True)
     if ACTION == "crash":
         raise RuntimeError("boom: the fake train.py crashed")
     if ACTION == "oom":
@@ -65,7 +69,7 @@ def main():
     time.sleep(args.sleep)
     if ACTION == "nopred":
         return
-    rows = [json.loads(line) for line in open("data/val.jsonl", encoding="utf-8")]
+    rows = [json.loads(line) for line in open(args.data / "val.jsonl", encoding="utf-8")]
     config = repr((LEARNING_RATE, WEIGHT_DECAY, SCHEDULE)).encode()
     quality = QUALITY + (int(hashlib.md5(config).hexdigest(), 16) % 11 - 5) / 100
     keep = int(quality * len(rows))
@@ -75,6 +79,15 @@ def main():
             if ACTION == "badpred":
                 tags = tags[:-1]
             file.write(json.dumps({"id": row["id"], "tags": tags}) + "\\n")
+    if PREDICT_TEST and (args.data / "test.jsonl").is_file():
+        from prepare import load_labels, load_split, write_submission_csv
+
+        tagged = load_split("test", args.data)
+        for index, row in enumerate(tagged):
+            row["tags"] = ["O"] * len(row["tokens"])
+            if index < int(quality * len(tagged)) and row["tags"]:
+                row["tags"][0] = load_labels(args.data)[1]
+        write_submission_csv(args.out / "pred_test.csv", tagged)
     print("---")
     print("strict_f1: 0.999999")
     print("peak_vram_mb: 1024.0")
@@ -83,6 +96,13 @@ def main():
 if __name__ == "__main__":
     main()
 '''
+
+# The fake made seed-dependent (for calibrate): --seed s moves QUALITY by (s % 5 - 2) / 50, so the loop's
+# seeds 42, 43, 44 predict the gold tags of 0, 2 and 4 more percent of the val rows.
+SEED_SHIFT_LINE = "    quality += (args.seed % 5 - 2) / 50  # seed noise\n"
+KEEP_LINE = "    keep = int(quality * len(rows))\n"
+assert FAKE_TRAIN_PY.count(KEEP_LINE) == 1
+SEEDED_FAKE_TRAIN_PY = FAKE_TRAIN_PY.replace(KEEP_LINE, SEED_SHIFT_LINE + KEEP_LINE)
 
 
 def git(repo: Path, *args: str) -> str:
