@@ -5,6 +5,7 @@ python agent_loop.py [run] [--tag nov23] [--agent anthropic|builtin|null] [--llm
                      [--policy confirm|monotonic] [--seeds K] [--min-delta D] [--close-after N]
 python agent_loop.py status [--tag TAG]
 python agent_loop.py report [--tag TAG] [--format rich|md] [--plot progress.png]
+python agent_loop.py export RUN [--tag TAG] [--out DIR] [--train-args "..."]
 python agent_loop.py calibrate [--repeats N] [--tag TAG] [--train-args "..."] [--policy confirm|monotonic]
                                [--seeds K] [--timeout-min M]
 """
@@ -217,6 +218,28 @@ def report(
     else:
         Console().print(reporting.render_rich(summary))
     typer.echo(f"plot: {written}", err=format is ReportFormat.md)
+
+
+@app.command()
+def export(
+    run: Annotated[int, typer.Argument(help="the run number (results.tsv's run column)")],
+    tag: Annotated[str | None, typer.Option(help="default: the checked-out branch's, else results.tsv's")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder; default: exports/<tag>-runNNNN/")] = None,
+    train_args: Annotated[str | None, typer.Option(help="for a retrain only; default: the night's recorded "
+                                                        "ones, else none")] = None,
+) -> None:
+    """Write a run's train.py and an official submission CSV for data/test.jsonl (training it again if needed)."""
+    from research_loop.export import ExportError, current_tag, export_run
+
+    tag = tag or current_tag(REPO)
+    if tag is None:
+        fail("no --tag given, and neither the checked-out branch nor results.tsv names one")
+    try:
+        result = export_run(REPO, tag, run, out_dir=out, train_args=train_args, progress=typer.echo)
+    except ExportError as exc:
+        fail(str(exc))
+    for line in result.lines():
+        typer.echo(line)
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ from .runner import kill_stale, read_tail, run_training, training_command, train
 TEST_CRASH_ENV = "NER_AUTORESEARCH_TEST_CRASH_AT"  # tests only: os._exit(137) at a named point
 STOP_FILE = "STOP"
 STOP_REASON_FILE = "last_stop.json"  # runs/<tag>/: why the last session ended, for the report
+NIGHT_FILE = "night.json"  # runs/<tag>/: the session's --train-args and policy, for export and the report
 PROGRAM_FILE = "program.md"
 RECENT_ROWS = 20  # rows of results.tsv shown to the agent
 MAX_AGENT_WAIT_S = 900.0
@@ -277,6 +278,8 @@ class Loop:
             self.progress.note("results.tsv: dropped an unfinished last line (the loop was killed mid-write)")
         self.rows = [row for row in ledger.read_rows(self.results_path) if row.get("tag") == self.tag]
         self.tag_dir.mkdir(parents=True, exist_ok=True)
+        night = {"train_args": self.config.train_args, "policy": self.policy.name, "started": ledger.now_iso()}
+        (self.tag_dir / NIGHT_FILE).write_text(json.dumps(night) + "\n")
         for pid_file in self.tag_dir.glob("*/**/train.pid"):
             if kill_stale(pid_file):
                 self.progress.note(f"killed a train.py left running by a killed loop ({pid_file.parent.name})")
