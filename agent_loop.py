@@ -209,7 +209,7 @@ def report(
     try:
         night = morning.load_night(REPO, tag, prepare)
         summary = reporting.build_report(night.rows, night.holdout, stop_reason=night.stop_reason,
-                                         closed_directions=night.closed_directions)
+                                         closed_directions=night.closed_directions, tokens=night.tokens)
     except reporting.ReportError as exc:
         fail(str(exc))
     written = reporting.plot_progress(night.rows, night.holdout, plot or REPO / "progress.png")

@@ -17,7 +17,7 @@ KEPT_STATUSES = ("baseline", "keep")
 
 HEAD_COLUMNS = ["run", "tag", "commit", "status", "strict_f1", "relaxed_f1"]
 TAIL_COLUMNS = [
-    "peak_vram_gb", "seconds", "seed_scores", "strict_f1_sd", "seeds", "cost_usd",
+    "peak_vram_gb", "seconds", "seed_scores", "strict_f1_sd", "seeds", "cost_usd", "tokens_in", "tokens_out",
     "direction", "description", "note", "timestamp",
 ]
 

@@ -30,7 +30,7 @@ from git import GitCommandError
 
 from . import holdout, ledger, state
 from .acceptance import AcceptancePolicy, Monotonic, Standing, pooled_noise
-from .agents import Agent, AgentError, Context, Proposal
+from .agents import Agent, AgentError, Context, Proposal, Usage
 from .builtin_agent import normalised
 from .gitops import TRAIN_FILE, Git, GitError, branch_name
 from .guard import Guard, GuardError, Violation, sha256_of
@@ -371,7 +371,9 @@ class Loop:
         message = self.git.commit_message(commit)
         fields = dict(line.split(": ", 1) for line in message.splitlines() if ": " in line and line[:1].isupper())
         return {"description": fields.get("Hypothesis", ""), "direction": fields.get("Direction", ""),
-                "cost_usd": float(fields.get("Cost-USD", 0) or 0)}
+                "cost_usd": float(fields.get("Cost-USD", 0) or 0),
+                "tokens_in": fields.get("Tokens", "0/0").partition("/")[0],
+                "tokens_out": fields.get("Tokens", "0/0").partition("/")[2]}
 
     def _attempts(self, run: int) -> int:
         path = run_dir(self.repo, self.tag, run) / "attempts"
@@ -478,26 +480,26 @@ class Loop:
         run = self._next_run()
         best = state.best_row(self.rows)
         others_before = self._other_changes()
-        proposal, cost, bounce = None, 0.0, None
+        proposal, usage, bounce = None, Usage(), None
         feedback, self.feedback = self.feedback, None
         for _ in range(self.config.max_bounces + 1):
             proposal = self._propose(self._context(feedback))
-            cost += proposal.usage.cost_usd
+            usage.add(proposal.usage)
             error = compile_error(proposal.train_py)
             if error:
                 self._save_proposal(run, proposal)
-                self._invalid(run, proposal, cost, f"train.py does not compile: {error}")
+                self._invalid(run, proposal, usage, f"train.py does not compile: {error}")
                 return
             bounce = self._bounce_reason(proposal, best)
             if bounce is None:
                 break
             feedback = f"Your proposal was sent back before any training: {bounce[1]}"
         if bounce is not None:
-            self._invalid(run, proposal, cost, f"{bounce[0]} ({self.config.max_bounces} bounces)")
+            self._invalid(run, proposal, usage, f"{bounce[0]} ({self.config.max_bounces} bounces)")
             return
         if self.stop_requested:
             raise _Stop("stopped by Ctrl-C (the last proposal was not run)")
-        meta = {"description": proposal.hypothesis, "direction": proposal.direction, "cost_usd": cost}
+        meta = _meta(proposal, usage)
         self.tag_dir.mkdir(parents=True, exist_ok=True)
         # The marker lets a restart tell this uncommitted train.py (ours, to drop) from a user's edit.
         self.pending_path.write_text(hashlib.sha256(proposal.train_py.encode("utf-8")).hexdigest() + "\n")
@@ -505,17 +507,17 @@ class Loop:
         extra = self._other_changes() - others_before
         if extra:
             self._restore_other_changes(run, extra, best["commit"])
-            self._invalid(run, proposal, cost, f"files other than train.py changed: {', '.join(sorted(extra))}")
+            self._invalid(run, proposal, usage, f"files other than train.py changed: {', '.join(sorted(extra))}")
             return
         self.guard.accept(PROGRAM_FILE)  # the human may have edited it since the last run
         violations = self.guard.violations()
         if violations:
             self._restore_protected(run, violations, best["commit"])
-            self._invalid(run, proposal, cost, f"protected files changed before the run: {_listed(violations)}")
+            self._invalid(run, proposal, usage, f"protected files changed before the run: {_listed(violations)}")
             return
         subject = f"run {run}: {proposal.direction}: {ledger.one_line(proposal.hypothesis)[:60]}"
         body = (f"Hypothesis: {ledger.one_line(proposal.hypothesis)}\nDirection: {ledger.one_line(proposal.direction)}"
-                f"\nCost-USD: {cost:.6f}")
+                f"\nCost-USD: {usage.cost_usd:.6f}\nTokens: {meta['tokens_in']}/{meta['tokens_out']}")
         commit = self.git.commit_candidate(self.tag, run, subject, body)
         self.pending_path.unlink(missing_ok=True)
         _crash_point("after_commit", run)
@@ -746,6 +748,8 @@ class Loop:
             "strict_f1_sd": _f(stdev(strict)) if len(strict) > 1 else "",
             "seeds": ",".join(str(seed) for seed in seeds),
             "cost_usd": f"{meta.get('cost_usd', 0.0):.4f}",
+            "tokens_in": str(meta.get("tokens_in", 0)),
+            "tokens_out": str(meta.get("tokens_out", 0)),
             "direction": ledger.one_line(meta.get("direction", "")),
             "description": ledger.one_line(meta.get("description", "")),
             "note": ledger.one_line(note),
@@ -753,10 +757,9 @@ class Loop:
         })
         return row
 
-    def _invalid(self, run: int, proposal: Proposal, cost: float, note: str) -> None:
+    def _invalid(self, run: int, proposal: Proposal, usage: Usage, note: str) -> None:
         """A proposal that never ran: row, train.py back to the best, and the reason for the agent."""
-        meta = {"description": proposal.hypothesis, "direction": proposal.direction, "cost_usd": cost}
-        self._log(self._row(run, "", "invalid", meta, note=note))
+        self._log(self._row(run, "", "invalid", _meta(proposal, usage), note=note))
         self.feedback = f"Your previous proposal (run {run}) was not run: {note}."
 
     def _log(self, row: dict) -> dict:
@@ -857,6 +860,13 @@ class Loop:
         except GuardError as exc:
             raise _Stop(f"error: {exc}", ok=False) from None
         self.progress.note(f"run {run}: protected files were changed and restored: {_listed(violations)}")
+
+
+def _meta(proposal: Proposal, usage: Usage) -> dict:
+    """A proposal's row fields: its hypothesis and direction, and what asking for it cost (bounces included)."""
+    return {"description": proposal.hypothesis, "direction": proposal.direction, "cost_usd": usage.cost_usd,
+            "tokens_in": usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens,
+            "tokens_out": usage.output_tokens}
 
 
 def _listed(violations: list[Violation]) -> str:

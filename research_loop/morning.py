@@ -21,6 +21,7 @@ class Night:
     holdout: list[dict]
     stop_reason: str | None
     closed_directions: set[str]
+    tokens: dict | None  # LLM tokens of the night: input (cache included) and output
 
 
 def results_file(repo: Path, tag: str) -> Path:
@@ -55,4 +56,8 @@ def load_night(repo: Path, tag: str | None, prepare_module) -> Night:
     program = repo / PROGRAM_FILE
     reopened = state.reopened_directions(program.read_text(encoding="utf-8")) if program.is_file() else set()
     closed = state.closed_directions(rows, CLOSE_AFTER, reopened)
-    return Night(tag, rows, holdout_scores, stop_reason, closed)
+    tokens = None
+    if any(row.get("tokens_in") for row in rows):
+        tokens = {"input": sum(int(row.get("tokens_in") or 0) for row in rows),
+                  "output": sum(int(row.get("tokens_out") or 0) for row in rows)}
+    return Night(tag, rows, holdout_scores, stop_reason, closed, tokens)
