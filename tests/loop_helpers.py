@@ -141,6 +141,15 @@ def make_repo(root: Path, data_dir: Path, train_py: str | None = FAKE_TRAIN_PY) 
     return repo
 
 
+def data_without_test_rows(prepared: Path, target: Path) -> Path:
+    """A copy of the prepared data minus test.jsonl: predicting its 578 long rows takes minutes on a CPU."""
+    target.mkdir()
+    for path in prepared.iterdir():
+        if path.name != "test.jsonl":
+            shutil.copy2(path, target / path.name)
+    return target
+
+
 def set_constant(train_py: str, name: str, value) -> str:
     sys.path.insert(0, str(PROJECT))
     from research_loop.builtin_agent import set_constant as rewrite

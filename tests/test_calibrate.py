@@ -7,7 +7,7 @@ import sys
 from statistics import mean, stdev
 
 import pytest
-from loop_helpers import SEEDED_FAKE_TRAIN_PY, git, make_repo
+from loop_helpers import SEEDED_FAKE_TRAIN_PY, data_without_test_rows, git, make_repo
 
 from evaluate import read_tags, spans
 from research_loop.acceptance import Confirm, Monotonic
@@ -158,12 +158,7 @@ def test_read_calibration_names_a_broken_file(repo):
 @pytest.mark.slow
 def test_calibrate_minilm_with_the_real_train_py(tmp_path, prepared_task7):
     """Two seeds of the real train.py with the bundled small encoder, through the CLI."""
-    data = tmp_path / "data"
-    data.mkdir()
-    for path in prepared_task7.iterdir():
-        if path.name != "test.jsonl":  # predicting the 578 long test rows takes minutes on a CPU
-            (data / path.name).write_bytes(path.read_bytes())
-    repo = make_repo(tmp_path, data, train_py=None)
+    repo = make_repo(tmp_path, data_without_test_rows(prepared_task7, tmp_path / "data"), train_py=None)
     train_args = "--model minilm --epochs 1 --limit 32 --lr 1e-4"
     result = cli(repo, "--repeats", "2", "--train-args", train_args, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loop_helpers import PROJECT, make_repo, results
+from loop_helpers import PROJECT, data_without_test_rows, make_repo, results
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_sample.tsv"
 
@@ -26,19 +26,10 @@ def agent_loop(repo: Path, *args: str, timeout: int = 600) -> subprocess.Complet
                           timeout=timeout, check=False)
 
 
-def without_test_rows(prepared: Path, target: Path) -> Path:
-    """The prepared data minus test.jsonl: predicting 578 long rows takes minutes on a CPU."""
-    target.mkdir()
-    for path in prepared.iterdir():
-        if path.name != "test.jsonl":
-            shutil.copy2(path, target / path.name)
-    return target
-
-
 def test_the_readme_demo_runs_end_to_end_when_cut_short(tmp_path, prepared_task7):
     demo = readme_command("python agent_loop.py --agent builtin")
     assert demo[:2] == ["python", "agent_loop.py"] and "--model minilm" in demo[demo.index("--train-args") + 1]
-    repo = make_repo(tmp_path, without_test_rows(prepared_task7, tmp_path / "data"), train_py=None)
+    repo = make_repo(tmp_path, data_without_test_rows(prepared_task7, tmp_path / "data"), train_py=None)
     readme_train_args = demo[demo.index("--train-args") + 1]
     # Later options win: fewer runs, two seeds, and a tiny training set keep this under two minutes.
     short = [*demo[2:], "--max-runs", "2", "--seeds", "2", "--tag", "demo",

@@ -8,7 +8,17 @@ import time
 from pathlib import Path
 
 import pytest
-from loop_helpers import FAKE_TRAIN_PY, PROJECT, ScriptedAgent, alive, branch_runs, git, make_repo, results
+from loop_helpers import (
+    FAKE_TRAIN_PY,
+    PROJECT,
+    ScriptedAgent,
+    alive,
+    branch_runs,
+    data_without_test_rows,
+    git,
+    make_repo,
+    results,
+)
 
 from evaluate import read_tags, spans
 from research_loop.agents import AgentError, Proposal, Usage
@@ -321,12 +331,7 @@ def test_kill_during_training_then_restart_reruns_the_run(repo):
 @pytest.mark.slow
 def test_builtin_agent_with_the_real_train_py(tmp_path, prepared_task7):
     """Three runs through the CLI with the real train.py and the bundled small encoder."""
-    data = tmp_path / "data"
-    data.mkdir()
-    for path in prepared_task7.iterdir():
-        if path.name != "test.jsonl":  # predicting the 578 long test rows takes minutes on a CPU
-            (data / path.name).write_bytes(path.read_bytes())
-    repo = make_repo(tmp_path, data, train_py=None)
+    repo = make_repo(tmp_path, data_without_test_rows(prepared_task7, tmp_path / "data"), train_py=None)
     protected = {name: sha256_of(repo / name) for name in ("prepare.py", "evaluate.py", "data/val.jsonl")}
     command = [sys.executable, "agent_loop.py", "run", "--agent", "builtin", "--max-runs", "3", "--tag", TAG,
                "--train-args", "--model minilm --epochs 1 --limit 64"]
