@@ -821,7 +821,8 @@ class Loop:
         self.budget.hours = (time.monotonic() - self.started) / 3600
         text = state.render(self.tag, self.rows, self.git.show(best["commit"]) if best else None,
                             self.entity_types, self.budget, self.policy.name, noise_line=self._noise_line(),
-                            closed=self._closed_directions(), close_after=self.config.close_after)
+                            closed=self._closed_directions(), close_after=self.config.close_after,
+                            train_args=self.config.train_args)
         state.write_atomically(self.repo / ledger.STATE_FILE, text)
 
     def _next_run(self) -> int:

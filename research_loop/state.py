@@ -141,10 +141,14 @@ def notes(rows: list[dict]) -> list[str]:
 
 
 def render(tag: str, rows: list[dict], best_train_py: str | None, entity_types: list[str], budget: Budget,
-           policy_name: str, noise_line: str = "", closed: set[str] = frozenset(), close_after: int = 0) -> str:
+           policy_name: str, noise_line: str = "", closed: set[str] = frozenset(), close_after: int = 0,
+           train_args: str = "") -> str:
     """The whole CURRENT_STATE.md text."""
     best = best_row(rows)
     out = [f"# Current state: autoresearch/{tag}", "", f"Acceptance: {policy_name} (strict F1 on val).", ""]
+    if train_args:
+        out += [(f"Every run is `python train.py --out DIR --seed S {train_args}`: these options override "
+                "the config block's values."), ""]
     if noise_line:
         out += [noise_line, ""]
     out += ["## Best run", ""]
