@@ -489,3 +489,35 @@ def test_edit_and_submit_in_one_reply_is_one_call(repo, serve):
     proposal = make_agent(repo).propose(make_context(repo))
     assert proposal.train_py == TRAIN_PY.replace(LR_LINE, NEW_LR_LINE)
     assert proposal.usage.calls == 1 and len(fake.requests) == 1
+
+
+# ----- the agent inside the loop -----
+
+
+def test_a_night_with_the_anthropic_agent_through_the_fake_api(tmp_path, prepared_task7, serve):
+    """The loop drives the real client: a good edit is trained and kept, with its tokens and cost in
+    results.tsv; a later edit that does not compile never reaches training; an agent that then gives up
+    ends the night with an error, not a crash."""
+    from loop_helpers import make_repo, results
+
+    from research_loop.acceptance import Monotonic
+    from research_loop.loop import LoopConfig, run_dir, run_loop
+
+    project = make_repo(tmp_path, prepared_task7)
+    fake = serve([
+        message(edit("QUALITY = 0.5", "QUALITY = 0.9")), message(submit("Tag more rows.", "quality")),
+        message(edit("def main():", "def main(:")), message(submit("Broken on purpose.", "quality")),
+        message(text("I give up.")), message(text("Still giving up.")),
+    ])
+    config = LoopConfig(repo=project, tag="t", max_runs=3, timeout_s=30, kill_grace_s=1, progress=False,
+                        policy=Monotonic(seed=42), agent_retry_s=0.01, agent_max_failures=1)
+    summary = run_loop(config, make_agent(project))
+
+    rows = results(project)
+    assert [row["status"] for row in rows] == ["baseline", "keep"]
+    assert rows[1]["description"] == "Tag more rows." and float(rows[1]["cost_usd"]) > 0
+    assert int(rows[1]["tokens_in"]) > 0 and int(rows[1]["tokens_out"]) > 0
+    assert "QUALITY = 0.9" in (project / "train.py").read_text()
+    assert "does not compile" in json.dumps(fake.requests[4])  # the submit of the broken file went back
+    assert not run_dir(project, "t", 2).exists()  # and nothing was trained for it
+    assert not summary.ok and "agent" in summary.stop_reason
