@@ -40,6 +40,7 @@ from .runner import kill_stale, read_tail, run_training, training_command, train
 TEST_CRASH_ENV = "NER_AUTORESEARCH_TEST_CRASH_AT"  # tests only: os._exit(137) at a named point
 STOP_FILE = "STOP"
 STOP_REASON_FILE = "last_stop.json"  # runs/<tag>/: why the last session ended, for the report
+DEFAULT_CLOSE_AFTER = 5  # failures in a row that close a direction
 NIGHT_FILE = "night.json"  # runs/<tag>/: the session's --train-args and policy, for export and the report
 PROGRAM_FILE = "program.md"
 RECENT_ROWS = 20  # rows of results.tsv shown to the agent
@@ -72,7 +73,7 @@ class LoopConfig:
     policy: AcceptancePolicy = field(default_factory=Monotonic)
     check_duplicates: bool = True  # off for the null agent, whose proposals are duplicates by design
     max_bounces: int = 3  # proposals sent back to the agent per iteration (duplicates, closed directions)
-    close_after: int = 5  # a direction closes after this many failures in a row; 0 = never
+    close_after: int = DEFAULT_CLOSE_AFTER  # a direction closes after this many failures in a row; 0 = never
     agent_retry_s: float = 60.0  # first wait after an AgentError; doubles, capped at 15 minutes
     agent_max_failures: int = 8
     kill_grace_s: float = 10.0  # SIGTERM -> SIGKILL
@@ -278,7 +279,8 @@ class Loop:
             self.progress.note("results.tsv: dropped an unfinished last line (the loop was killed mid-write)")
         self.rows = [row for row in ledger.read_rows(self.results_path) if row.get("tag") == self.tag]
         self.tag_dir.mkdir(parents=True, exist_ok=True)
-        night = {"train_args": self.config.train_args, "policy": self.policy.name, "started": ledger.now_iso()}
+        night = {"train_args": self.config.train_args, "policy": self.policy.name,
+                 "close_after": self.config.close_after, "started": ledger.now_iso()}
         (self.tag_dir / NIGHT_FILE).write_text(json.dumps(night) + "\n")
         for pid_file in self.tag_dir.glob("*/**/train.pid"):
             if kill_stale(pid_file):

@@ -8,10 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import holdout, ledger, state
-from .loop import PROGRAM_FILE, STOP_REASON_FILE
+from .loop import DEFAULT_CLOSE_AFTER, NIGHT_FILE, PROGRAM_FILE, STOP_REASON_FILE
 from .report import ReportError
-
-CLOSE_AFTER = 5  # as the loop's default --close-after
 
 
 @dataclass
@@ -55,7 +53,10 @@ def load_night(repo: Path, tag: str | None, prepare_module) -> Night:
     stop_reason = json.loads(stop_file.read_text())["stop_reason"] if stop_file.is_file() else None
     program = repo / PROGRAM_FILE
     reopened = state.reopened_directions(program.read_text(encoding="utf-8")) if program.is_file() else set()
-    closed = state.closed_directions(rows, CLOSE_AFTER, reopened)
+    night_file = repo / "runs" / tag / NIGHT_FILE
+    night = json.loads(night_file.read_text()) if night_file.is_file() else {}
+    close_after = night.get("close_after", DEFAULT_CLOSE_AFTER)
+    closed = state.closed_directions(rows, close_after, reopened)
     tokens = None
     if any(row.get("tokens_in") for row in rows):
         tokens = {"input": sum(int(row.get("tokens_in") or 0) for row in rows),
