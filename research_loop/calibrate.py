@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import tempfile
-import threading
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -22,13 +17,12 @@ from . import ledger
 from .acceptance import POWER, AcceptancePolicy
 from .gitops import TRAIN_FILE, Git, GitError, branch_name
 from .loop import LoopConfig, LoopError, LoopLock, import_file
-from .runner import kill_stale, run_training, training_command, training_env
+from .runner import kill_stale, run_train_py, stop_on_signals
 
 CALIBRATION_FILE = "calibration.json"
 FIELDS = ("tag", "commit", "train_args", "seeds", "scores", "relaxed", "mean", "sd", "policy", "policy_seeds",
           "detectable_gain", "timestamp")
 NIGHT_RUNS = 100  # the night length the monotonic policy's false accepts are quoted for
-STALE_OUTPUTS = ("run.log", "pred_val.jsonl", "pred_holdout.jsonl", "pred_test.csv", "summary.json")
 
 
 class CalibrationError(Exception):
@@ -137,21 +131,11 @@ def _run_seed(repo: Path, tag: str, seed: int, train_args: str, evaluate, val_go
               timeout_s: float | None, offline: bool) -> dict:
     """Train one seed like the loop does (scrubbed env, own process group) and score its val predictions."""
     folder = seed_dir(repo, tag, seed)
-    for stale in STALE_OUTPUTS:
-        (folder / stale).unlink(missing_ok=True)
-    folder.mkdir(parents=True, exist_ok=True)
     log = folder / "run.log"
-    empty_cache = Path(tempfile.mkdtemp(prefix="ner-autoresearch-nocache-"))
     # Offline after the first seed, as the loop is after its baseline: the model is cached by then.
-    env = training_env(dict(os.environ), empty_cache, offline=offline)
-    command = training_command(folder.relative_to(repo), seed, train_args)
-    abort = threading.Event()
-    try:
-        with _abort_on_signals(abort):
-            outcome = run_training(command, repo, log, env, timeout_s or LoopConfig.baseline_timeout_s,
-                                   abort=abort.is_set)
-    finally:
-        shutil.rmtree(empty_cache, ignore_errors=True)
+    with stop_on_signals() as stopped:
+        outcome = run_train_py(repo, folder, seed, train_args, offline=offline,
+                               timeout_s=timeout_s or LoopConfig.baseline_timeout_s, abort=stopped)
     where = log.relative_to(repo)
     if outcome.kind == "aborted":
         raise KeyboardInterrupt
@@ -162,22 +146,6 @@ def _run_seed(repo: Path, tag: str, seed: int, train_args: str, evaluate, val_go
         return evaluate.score_files(folder / "pred_val.jsonl", val_gold)
     except evaluate.ScoreError as exc:
         raise CalibrationError(f"seed {seed}: unusable predictions ({exc}); see {where}; nothing written") from None
-
-
-@contextmanager
-def _abort_on_signals(abort: threading.Event):
-    """Ctrl-C or SIGTERM sets `abort`, so the runner kills train.py's whole group instead of orphaning it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, lambda signum, frame: abort.set())
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _calibration(tag: str, commit: str, train_args: str, seeds: list[int], results: list[dict],

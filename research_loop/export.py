@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import shutil
-import signal
 import tempfile
-import threading
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +21,7 @@ from git import BadName
 from . import ledger
 from .gitops import TRAIN_FILE, Git, GitError, run_ref
 from .loop import import_file, run_dir
-from .runner import run_training, training_command, training_env
+from .runner import run_train_py, stop_on_signals
 
 EXPORTS_DIR = "exports"
 SUBMISSION_FILE = "submission.csv"
@@ -259,19 +255,16 @@ def retrain(repo: Path, files: dict[str, bytes], run: int, seed: int, train_args
     try:
         for name, data in files.items():
             (work / name).write_bytes(data)
-        empty_cache = work / "no-cache"  # the holdout gold is out of reach, as in the loop
-        empty_cache.mkdir()
-        env = training_env(dict(os.environ), empty_cache, offline=offline)
-        out = work / "out"
         # --data last: the submission is checked against this repository's data, whatever the args say.
-        command = [*training_command(out, seed, train_args), "--data", str(repo / "data")]
-        with _ctrl_c_stops() as stopped:
-            outcome = run_training(command, work, log, env, timeout_s or math.inf, abort=stopped)
+        with stop_on_signals() as stopped:
+            outcome = run_train_py(work, work / "out", seed, train_args, offline=offline,
+                                   timeout_s=timeout_s or math.inf, log_path=log,
+                                   extra_args=("--data", str(repo / "data")), abort=stopped)
         if outcome.kind == "aborted":
             raise ExportError(f"stopped by Ctrl-C while training run {run} again; no submission written (log: {log})")
         if outcome.kind != "ok":
             raise ExportError(f"training run {run} again failed ({outcome.error_line()}); see {log}")
-        produced = out / PREDICTIONS_FILE
+        produced = work / "out" / PREDICTIONS_FILE
         if not produced.is_file():
             raise ExportError(f"training run {run} again wrote no {PREDICTIONS_FILE}; see {log}")
         problem = coverage_problem(produced, test_rows, evaluate)
@@ -281,21 +274,6 @@ def retrain(repo: Path, files: dict[str, bytes], run: int, seed: int, train_args
         shutil.copyfile(produced, submission)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-@contextmanager
-def _ctrl_c_stops():
-    """Ctrl-C stops the training run: it sits in its own session, so the key never reaches it; the runner
-    kills its process group when the returned check says so."""
-    pressed = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield pressed.is_set
-        return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.set())
-    try:
-        yield pressed.is_set
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _some(ids: list[str]) -> str:

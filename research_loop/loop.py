@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ from .builtin_agent import normalised
 from .gitops import TRAIN_FILE, Git, GitError, branch_name
 from .guard import Guard, GuardError, Violation, sha256_of
 from .progress import Progress
-from .runner import kill_stale, read_tail, run_training, training_command, training_env
+from .runner import kill_stale, read_tail, run_train_py
 
 TEST_CRASH_ENV = "NER_AUTORESEARCH_TEST_CRASH_AT"  # tests only: os._exit(137) at a named point
 STOP_FILE = "STOP"
@@ -694,20 +693,10 @@ class Loop:
                         "note": verdict.reason if not is_baseline else ""}
 
     def _train(self, folder: Path, seed: int, timeout_s: float):
-        if folder.exists():
-            for stale in ("run.log", "pred_val.jsonl", "pred_holdout.jsonl", "pred_test.csv", "summary.json"):
-                (folder / stale).unlink(missing_ok=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        empty_cache = Path(tempfile.mkdtemp(prefix="ner-autoresearch-nocache-"))
         # The hub goes offline once the baseline ran: the model is cached by then.
-        offline = state.baseline_row(self.rows) is not None
-        env = training_env(dict(os.environ), empty_cache, offline=offline)
-        command = training_command(folder.relative_to(self.repo), seed, self.config.train_args)
-        try:
-            outcome = run_training(command, self.repo, folder / "run.log", env, timeout_s,
-                                   abort=lambda: self.abort_requested, grace_s=self.config.kill_grace_s)
-        finally:
-            shutil.rmtree(empty_cache, ignore_errors=True)
+        outcome = run_train_py(self.repo, folder, seed, self.config.train_args,
+                               offline=state.baseline_row(self.rows) is not None, timeout_s=timeout_s,
+                               abort=lambda: self.abort_requested, grace_s=self.config.kill_grace_s)
         self.timing["train_s"] += outcome.seconds
         return outcome
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +22,7 @@ SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 SECRET_SUFFIXES = ("_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
 OOM_PATTERN = re.compile(r"CUDA out of memory|OutOfMemoryError")
 TAIL_LINES = 50
+TRAIN_OUTPUTS = ("run.log", "pred_val.jsonl", "pred_holdout.jsonl", "pred_test.csv", "summary.json")
 POLL_S = 0.05
 
 
@@ -129,6 +134,43 @@ def kill_stale(pid_file: Path) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def run_train_py(cwd: Path, out_dir: Path, seed: int, train_args: str, *, offline: bool, timeout_s: float,
+                 log_path: Path | None = None, extra_args: Sequence[str] = (),
+                 abort: Callable[[], bool] = lambda: False, grace_s: float = 10.0) -> RunOutcome:
+    """train.py once, as the loop runs it: out_dir's stale outputs cleared, a scrubbed environment whose
+    cache folder is empty (no path to the holdout gold), its own process group, the log in out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in TRAIN_OUTPUTS:
+        (out_dir / name).unlink(missing_ok=True)
+    empty_cache = Path(tempfile.mkdtemp(prefix="ner-autoresearch-nocache-"))
+    try:
+        env = training_env(dict(os.environ), empty_cache, offline=offline)
+        out = out_dir.relative_to(cwd) if out_dir.is_relative_to(cwd) else out_dir
+        command = [*training_command(out, seed, train_args), *extra_args]
+        return run_training(command, cwd, log_path or out_dir / "run.log", env, timeout_s, abort=abort,
+                            grace_s=grace_s)
+    finally:
+        shutil.rmtree(empty_cache, ignore_errors=True)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """Yields a check that turns true on Ctrl-C or SIGTERM, for run_training's abort: train.py sits in its
+    own session, so the key never reaches it, and the runner kills its whole group instead."""
+    pressed = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed.is_set
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: pressed.set())
+    try:
+        yield pressed.is_set
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_training(command: list[str], cwd: Path, log_path: Path, env: dict[str, str], timeout_s: float,
