@@ -1,7 +1,8 @@
 """A local stand-in for the Anthropic Messages API, reached by the real anthropic SDK via ANTHROPIC_BASE_URL.
 
-It serves a scripted list of replies (messages or API errors) to `POST /v1/messages`, one per request,
-and records every request body so tests can assert what the agent sent.
+It serves a scripted list of replies (messages, API errors, or raw bodies such as broken JSON) to
+`POST /v1/messages`, one per request, and records every request body so tests can assert what the agent sent.
+A request with "stream": true gets its message as server-sent events, as the Claude Code CLI asks for it.
 
     with FakeAnthropic([message(tool_use("submit", {...}))]) as fake:
         fake.install(monkeypatch)  # sets ANTHROPIC_BASE_URL and a dummy ANTHROPIC_API_KEY
@@ -65,6 +66,11 @@ def error(status: int, error_type: str, error_message: str, headers: dict | None
     }
 
 
+def raw(body: str, status: int = 200, content_type: str = "application/json") -> dict:
+    """A reply sent exactly as given: a body the SDK cannot parse, for instance."""
+    return {"raw": body, "status": status, "content_type": content_type}
+
+
 OVERLOADED = error(529, "overloaded_error", "Overloaded")
 RATE_LIMITED = error(
     429, "rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit"
@@ -75,8 +81,12 @@ BAD_KEY = error(401, "authentication_error", "invalid x-api-key")
 class FakeAnthropic:
     """A ThreadingHTTPServer on 127.0.0.1 (free port) serving scripted Messages API replies."""
 
-    def __init__(self, script: list[dict], sdk_retry_after_ms: int = 1):
+    def __init__(self, script: list[dict], sdk_retry_after_ms: int = 1, toolless_reply: dict | None = None):
+        """sdk_retry_after_ms: the retry-after-ms header of error replies that name no retry header.
+        toolless_reply: the answer to every request without tools (a client's side calls, such as the title
+        Claude Code asks for), leaving the script to the conversation."""
         self.script = list(script)
+        self.toolless_reply = toolless_reply
         self.requests: list[dict] = []  # parsed JSON bodies, in arrival order
         self.raw_requests: list[str] = []
         self.headers: list[dict] = []
@@ -120,15 +130,25 @@ class FakeAnthropic:
         if problem:
             return 400, {}, error(400, "invalid_request_error", problem)["body"]
         with self._lock:
-            if not self.script:
+            if self.toolless_reply is not None and not body.get("tools"):
+                reply = self.toolless_reply
+            elif not self.script:
                 return (
                     400,
                     {},
                     error(400, "invalid_request_error", "fake server: no scripted reply left")["body"],
                 )
-            reply = self.script.pop(0)
+            else:
+                reply = self.script.pop(0)
+        if body.get("stream") and reply.get("type") == "message":
+            reply = raw(
+                stream_events({**reply, "model": reply["model"] or body.get("model", "")}),
+                content_type="text/event-stream",
+            )
+        if "raw" in reply:
+            return reply["status"], {"content-type": reply["content_type"]}, reply
         if "status" in reply:
-            headers = {"retry-after-ms": str(self.sdk_retry_after_ms), **reply["headers"]}
+            headers = reply["headers"] or {"retry-after-ms": str(self.sdk_retry_after_ms)}
             return reply["status"], headers, reply["body"]
         return 200, {}, {**reply, "model": reply["model"] or body.get("model", "")}
 
@@ -154,9 +174,10 @@ class FakeAnthropic:
                 self._send(*fake._reply_for(body))
 
             def _send(self, status: int, headers: dict, payload: dict) -> None:
-                data = json.dumps(payload).encode("utf-8")
+                data = (payload["raw"] if "raw" in payload else json.dumps(payload)).encode("utf-8")
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
+                if "content-type" not in headers:
+                    self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.send_header("request-id", f"req_fake_{next(_ids):04d}")
                 for name, value in headers.items():
@@ -170,6 +191,38 @@ class FakeAnthropic:
         return Handler
 
 
+def stream_events(reply: dict) -> str:
+    """A message as the Messages API streams it: server-sent events, one content block after another."""
+    start = {**reply, "content": [], "stop_reason": None, "usage": {**reply["usage"], "output_tokens": 1}}
+    events = [("message_start", {"type": "message_start", "message": start})]
+    for index, block in enumerate(reply["content"]):
+        if block["type"] == "tool_use":
+            opening = {**block, "input": {}}
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+        else:
+            opening, delta = {**block, "text": ""}, {"type": "text_delta", "text": block["text"]}
+        events += [
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": opening},
+            ),
+            ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}),
+            ("content_block_stop", {"type": "content_block_stop", "index": index}),
+        ]
+    events += [
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reply["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": reply["usage"]["output_tokens"]},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events)
+
+
 def check_request(body: dict) -> str | None:
     """The few request rules of the real API that an agent is likely to break; None when fine."""
     for key in ("model", "max_tokens", "messages"):
@@ -179,8 +232,8 @@ def check_request(body: dict) -> str | None:
     if not messages or messages[0].get("role") != "user":
         return "messages: the first message must use the user role"
     for index, item in enumerate(messages):
-        if item.get("role") not in ("user", "assistant") or not item.get("content"):
-            return f"messages.{index}: a role of user or assistant and non-empty content are required"
+        if item.get("role") not in ("user", "assistant", "system") or not item.get("content"):
+            return f"messages.{index}: a role of user, assistant or system and non-empty content are required"
         if item["role"] == "assistant":
             asked = [b["id"] for b in item["content"] if isinstance(b, dict) and b.get("type") == "tool_use"]
             following = messages[index + 1]["content"] if index + 1 < len(messages) else []

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from prepare import load_entity_types, load_labels
-from research_loop.agents import AgentError, Context
-from research_loop.builtin_agent import BuiltinAgent, NullAgent, normalised, read_config
+from research_loop.agents.base import AgentError, Context
+from research_loop.agents.builtin_agent import BuiltinAgent, NullAgent
+from research_loop.config_block import normalised, read_config, set_constant
 
 TRAIN_PY = (Path(__file__).resolve().parents[1] / "train.py").read_text()
 
@@ -18,7 +19,7 @@ def context(tmp_path, train_py=TRAIN_PY):
 
 @pytest.fixture
 def agent(tmp_path, prepared_task7):
-    return BuiltinAgent(tmp_path, load_labels(prepared_task7), load_entity_types(prepared_task7), seed=1)
+    return BuiltinAgent(load_labels(prepared_task7), load_entity_types(prepared_task7), seed=1)
 
 
 def changed_constants(before: str, after: str) -> dict:
@@ -65,7 +66,7 @@ def test_dict_knobs_name_real_labels_and_types_until_the_search_is_exhausted(age
 
 def test_same_seed_same_proposals(tmp_path, prepared_task7):
     def first_five(seed):
-        agent = BuiltinAgent(tmp_path, load_labels(prepared_task7), load_entity_types(prepared_task7), seed=seed)
+        agent = BuiltinAgent(load_labels(prepared_task7), load_entity_types(prepared_task7), seed=seed)
         return [agent.propose(context(tmp_path)).train_py for _ in range(5)]
 
     assert first_five(3) == first_five(3)
@@ -90,11 +91,19 @@ def test_null_proposal_differs_only_by_a_comment(tmp_path):
     assert first.train_py.endswith("# null proposal 1\n") and ast.parse(first.train_py)
 
 
-def test_constants_overridden_by_train_args_are_left_alone(tmp_path, prepared_task7):
-    agent = BuiltinAgent(tmp_path, load_labels(prepared_task7), load_entity_types(prepared_task7), seed=0,
-                         fixed=frozenset({"EPOCHS"}))
-    changed = set()
-    with pytest.raises(AgentError):
-        for _ in range(500):
-            changed |= set(changed_constants(TRAIN_PY, agent.propose(context(tmp_path)).train_py))
-    assert "EPOCHS" not in changed and "LEARNING_RATE" in changed
+def test_transfer_knobs_are_searched_only_when_auxiliary_sets_are_prepared(tmp_path, prepared_task7):
+    def changed_names(aux_names, text=TRAIN_PY):
+        agent = BuiltinAgent(load_labels(prepared_task7), load_entity_types(prepared_task7), seed=0,
+                             aux_names=aux_names)
+        names = {}
+        with pytest.raises(AgentError):
+            for _ in range(600):
+                for name, (_, new) in changed_constants(text, agent.propose(context(tmp_path, text)).train_py).items():
+                    names.setdefault(name, []).append(new)
+        return names
+
+    assert not set(changed_names([])) & {"AUX_DATASETS", "AUX_EPOCHS", "AUX_LR", "TRANSFER_MODE"}
+    assert changed_names(["ncbi"])["AUX_DATASETS"] == [["ncbi"]]
+    with_transfer = set_constant(TRAIN_PY, "AUX_DATASETS", ["ncbi"])  # the knobs that need a set come alive
+    names = changed_names(["ncbi"], with_transfer)
+    assert {"AUX_EPOCHS", "AUX_LR", "TRANSFER_MODE"} <= set(names) and names["AUX_DATASETS"] == [[]]

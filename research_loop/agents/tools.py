@@ -1,7 +1,8 @@
 """The LLM agent's three tools (view_file, edit_train, submit) as plain Python, testable without HTTP.
 
 Safety lives here, not in the prompt: view_file opens only a fixed allowlist of files inside the repo
-(plus the last run's log), edit_train changes an in-memory copy of train.py, and nothing writes files.
+(plus the last run's log), never through a link, and redacts what it shows; edit_train changes an in-memory
+copy of train.py; nothing writes files. Every LLM backend offers these same three tools.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-# The files view_file may open, relative to the repository root (SPEC.md, "The agent contract").
+from ..hygiene import code_problem, collapse_whitespace, line_problem
+from ..redact import redact
+from ..safe_io import UnsafeFile, read_text
+
+# The files view_file may open, relative to the repository root.
 READABLE_FILES = ("train.py", "program.md", "CURRENT_STATE.md", "results.tsv", "prepare.py", "evaluate.py")
 LOG_ALIAS = "run.log"  # what the model may call the last run's log, wherever the loop put it
 
@@ -20,7 +25,7 @@ MAX_LOG_CHARS = 20_000  # logs are read from the end, where the error and the su
 MAX_DIRECTION_CHARS = 40
 MAX_HYPOTHESIS_CHARS = 2_000
 
-# Tool definitions for the Messages API (names and arguments fixed by SPEC.md).
+# Tool definitions (JSON schema); each backend wraps them in its own format.
 TOOL_SPECS: list[dict] = [
     {
         "name": "view_file",
@@ -105,7 +110,6 @@ class ToolSession:
         self.original_train_py = train_py
         self.train_py = train_py
         self.last_log_path = self._absolute(last_log_path) if last_log_path else None
-        self.edits = 0
         self.unchanged_submits = 0
         self.submission: Submission | None = None
 
@@ -130,9 +134,9 @@ class ToolSession:
         if key == "train.py":
             return self.train_py  # the model's own working copy, edits included
         if key in READABLE_FILES:
-            return clip_head(read_regular_file(self.repo / key, must_be_in=self.repo), key)
+            return redact(clip_head(read_regular_file(self.repo / key, must_be_in=self.repo), key))
         if self.last_log_path is not None and key in self._log_names():
-            return clip_tail(read_regular_file(self.last_log_path), key)
+            return redact(clip_tail(read_regular_file(self.last_log_path, single_link=True), key))
         allowed = ", ".join((*READABLE_FILES, LOG_ALIAS) if self.last_log_path else READABLE_FILES)
         raise ToolError(f"{path!r} is not readable; readable files: {allowed}")
 
@@ -147,13 +151,19 @@ class ToolSession:
             raise ToolError(f"`old` matches {matches} times in train.py (must match exactly once); {hint}")
         start = self.train_py.index(old)
         self.train_py = self.train_py[:start] + new + self.train_py[start + len(old) :]
-        self.edits += 1
         first = self.train_py.count("\n", 0, start) + 1
         last = first + new.count("\n")
         return f"ok: replaced 1 occurrence; train.py lines {first}-{last} now read:\n{new}"
 
     def submit(self, hypothesis: str, direction: str) -> str:
-        hypothesis, direction = one_line(hypothesis), one_line(direction)
+        for name, value in (("hypothesis", hypothesis), ("direction", direction)):
+            problem = line_problem(value)
+            if problem:
+                raise ToolError(f"`{name}` has {problem}; use plain text")
+        problem = code_problem(self.train_py)
+        if problem:
+            raise ToolError(f"train.py has {problem}; fix it with edit_train")
+        hypothesis, direction = collapse_whitespace(hypothesis), collapse_whitespace(direction)
         if not hypothesis or not direction:
             raise ToolError("`hypothesis` and `direction` must both be non-empty")
         if len(direction) > MAX_DIRECTION_CHARS:
@@ -217,16 +227,20 @@ def normalise_request(path: str) -> str:
     return PurePosixPath(*parts).as_posix()
 
 
-def read_regular_file(path: Path, must_be_in: Path | None = None) -> str:
-    """Text of a regular file that is not a symlink (and sits directly in must_be_in, when given)."""
+def read_regular_file(path: Path, must_be_in: Path | None = None, single_link: bool = False) -> str:
+    """Text of a regular file that is not a symlink (sitting directly in must_be_in, when given; with one
+    hard link only, when single_link)."""
     name = path.name
-    if path.is_symlink():
-        raise ToolError(f"{name} is a symbolic link; refused")
-    if must_be_in is not None and path.resolve().parent != must_be_in:
+    if must_be_in is not None and Path(os.path.realpath(path)).parent != must_be_in:
         raise ToolError(f"{name} resolves outside the repository; refused")
-    if not path.is_file():
-        raise ToolError(f"{name} does not exist yet")
-    return path.read_text(encoding="utf-8", errors="replace") or f"({name} is empty)"
+    try:
+        return read_text(path, single_link=single_link) or f"({name} is empty)"
+    except FileNotFoundError:
+        raise ToolError(f"{name} does not exist yet") from None
+    except UnsafeFile as exc:
+        raise ToolError(f"{name}: {str(exc).split(': ', 1)[-1]}") from None
+    except OSError as exc:
+        raise ToolError(f"{name}: cannot be read ({exc.strerror or exc})") from None
 
 
 def clip_head(text: str, name: str) -> str:
@@ -249,7 +263,3 @@ def count_occurrences(text: str, part: str) -> int:
         start = text.find(part, start + 1)
     return count
 
-
-def one_line(text: str) -> str:
-    """Whitespace collapsed to single spaces, so the text fits one results.tsv cell."""
-    return re.sub(r"\s+", " ", text).strip()

@@ -1,0 +1,47 @@
+"""Text the loop accepts from an agent: valid UTF-8 without control characters (tabs and newlines aside in
+code). Anything else is sent back to the agent with the reason, never passed to compile(), git or a TSV."""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls except \t \n \r, DEL, C1 controls, and the Unicode line/paragraph separators.
+CODE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+LINE_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _first(pattern: re.Pattern, text: str) -> str | None:
+    match = pattern.search(text)
+    if match is None:
+        return None
+    line = text.count("\n", 0, match.start()) + 1
+    return f"control character {match.group()!r} on line {line}"
+
+
+def _encoding_problem(text: str) -> str | None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        line = text.count("\n", 0, exc.start) + 1
+        return f"text that is not valid Unicode ({text[exc.start]!r}, a lone surrogate) on line {line}"
+    return None
+
+
+def code_problem(text: str) -> str | None:
+    """Why a train.py text cannot be accepted as source code, or None."""
+    if not isinstance(text, str):
+        return "not text"
+    return _encoding_problem(text) or _first(CODE_CONTROL, text)
+
+
+def line_problem(text: str) -> str | None:
+    """Why a one-line field (hypothesis, direction) cannot be accepted, or None (newlines are fine: the
+    loop folds them into spaces)."""
+    if not isinstance(text, str):
+        return "not text"
+    return _encoding_problem(text) or _first(LINE_CONTROL, text.replace("\n", " ").replace("\t", " "))
+
+
+def collapse_whitespace(text: str) -> str:
+    """Whitespace collapsed to single spaces, so the text fits one line (a results.tsv cell, a subject)."""
+    return re.sub(r"\s+", " ", text).strip()

@@ -1,0 +1,46 @@
+"""Secret-looking strings are cut out of anything that goes into a prompt (logs, files the agent views,
+results notes): the values of the loop's own secret environment variables, and the shapes of common keys."""
+
+from __future__ import annotations
+
+import os
+import re
+
+SECRET_PREFIXES = ("ANTHROPIC_", "OPENAI_", "AWS_", "AZURE_", "GOOGLE_", "GEMINI_", "MISTRAL_", "GROQ_")
+SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GITHUB_TOKEN", "GH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
+SECRET_SUFFIXES = ("_KEY", "_TOKEN", "_SECRET", "_PASSWORD", "_PASS", "_CREDENTIALS")
+MIN_SECRET_LENGTH = 8  # shorter values (an empty key, "1") would blank out ordinary text
+REDACTED = "[redacted]"
+
+# Shapes of keys and tokens: Anthropic/OpenAI (sk-...), Hugging Face (hf_...), GitHub (ghp_/gho_/github_pat_),
+# AWS access key ids, Slack, bearer headers, and PEM private keys.
+KEY_SHAPES = re.compile(
+    r"sk-(?:ant-)?[A-Za-z0-9_\-]{16,}"
+    r"|hf_[A-Za-z0-9]{20,}"
+    r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
+    r"|AKIA[0-9A-Z]{16}"
+    r"|xox[abprs]-[A-Za-z0-9\-]{10,}"
+    r"|(?i:bearer)\s+[A-Za-z0-9._\-]{16,}"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
+)
+
+
+def is_secret_name(name: str) -> bool:
+    upper = name.upper()
+    return upper.startswith(SECRET_PREFIXES) or upper in SECRET_NAMES or upper.endswith(SECRET_SUFFIXES)
+
+
+def secret_values(environ: dict[str, str] | None = None) -> list[str]:
+    """The values of secret-named variables, longest first (so a key is cut before its prefix)."""
+    environ = os.environ if environ is None else environ
+    values = {value for name, value in environ.items() if is_secret_name(name) and len(value) >= MIN_SECRET_LENGTH}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text: str, environ: dict[str, str] | None = None) -> str:
+    """text with every known secret value and every key-shaped string replaced by [redacted]."""
+    if not text:
+        return text
+    for value in secret_values(environ):
+        text = text.replace(value, REDACTED)
+    return KEY_SHAPES.sub(REDACTED, text)
