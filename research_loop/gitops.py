@@ -1,24 +1,32 @@
-"""Git for the loop (GitPython): the autoresearch/<tag> branch, candidate commits, reverts, run refs."""
+"""Git for the loop, through GitPython, hardened: hooks and fsmonitor off, no system or global config, every
+git process in its own session (the terminal's Ctrl-C never reaches it).
+
+The branch autoresearch/<tag> holds the baseline and the kept commits only. A candidate is committed off the
+branch (parent: the best it was based on), kept reachable under refs/autoresearch/<tag>/run-N, and the branch
+moves to it only when it is kept, so a discard needs no git step at all.
+"""
 
 from __future__ import annotations
 
+import difflib
+import io
 import re
 from pathlib import Path
 
 import git
+from git.index.typ import BaseIndexEntry
+from git.objects import Commit
+from gitdb import IStream
 
 TRAIN_FILE = "train.py"
-# The loop's own runtime files: never a reason to refuse a dirty tree, never committed.
-RUNTIME_PATHS = ("results.tsv", "CURRENT_STATE.md", "runs/", "STOP", "progress.png", "data/")
+# The loop's own files: never a reason to refuse a dirty tree, never committed.
+RUNTIME_PATHS = ("results.tsv", "CURRENT_STATE.md", "runs/", "STOP", "progress.png", "data/", "exports/", "mlruns/")
 RUN_TRAILER = re.compile(r"^Autoresearch-Run: (\d+)$", re.MULTILINE)
-FALLBACK_IDENTITY = {  # used only when git has no user.name / user.email configured
-    "GIT_AUTHOR_NAME": "ner-autoresearch", "GIT_AUTHOR_EMAIL": "ner-autoresearch@localhost",
-    "GIT_COMMITTER_NAME": "ner-autoresearch", "GIT_COMMITTER_EMAIL": "ner-autoresearch@localhost",
-}
+FALLBACK_IDENTITY = ("ner-autoresearch", "ner-autoresearch@localhost")
 
 
 class GitError(Exception):
-    """A one-line, user-facing problem with the repository (not a repo, bad tag, foreign commits)."""
+    """A one-line, user-facing problem with the repository (not a repo, no commits, foreign commits)."""
 
 
 def branch_name(tag: str) -> str:
@@ -26,46 +34,78 @@ def branch_name(tag: str) -> str:
 
 
 def run_ref(tag: str, run: int) -> str:
-    """The ref that keeps candidate `run` reachable after a revert (for a later export)."""
+    """The ref that keeps candidate `run` reachable (for a later export)."""
     return f"refs/autoresearch/{tag}/run-{run}"
 
 
 def is_runtime_path(path: str) -> bool:
-    return any(path == prefix or (prefix.endswith("/") and path.startswith(prefix)) for prefix in RUNTIME_PATHS)
+    return any(path == prefix.rstrip("/") or (prefix.endswith("/") and path.startswith(prefix))
+               for prefix in RUNTIME_PATHS)
+
+
+class SafeGit(git.Git):
+    """Every git process in a new session, so a Ctrl-C sent to the terminal's process group cannot kill it
+    (and break the loop's next git step with a broken pipe)."""
+
+    def execute(self, command, *args, **kwargs):
+        kwargs.setdefault("start_new_session", True)
+        return super().execute(command, *args, **kwargs)
+
+
+class SafeRepo(git.Repo):
+    GitCommandWrapperType = SafeGit
+
+
+def unified_diff(before: str, after: str, name: str = TRAIN_FILE) -> str:
+    return "".join(difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
+                                        f"a/{name}", f"b/{name}"))
 
 
 class Git:
     """The repository the loop works in; every method is one small git step."""
 
-    def __init__(self, repo: Path):
+    def __init__(self, repo: Path, private_dir: Path | None = None):
         try:
-            self.repo = git.Repo(repo)
+            self.repo = SafeRepo(repo)
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
             raise GitError(f"{repo}: not a git repository (run `git init` and commit the project first)") from None
         if self.repo.bare or not self.repo.head.is_valid():
             raise GitError(f"{repo}: the repository has no commits yet; commit the project first")
         self.root = Path(self.repo.working_tree_dir)
+        self.name, self.email = self._identity()
+        self._harden(private_dir)
 
-    def _git(self, *args: str) -> str:
-        """Run a git command, with a fallback identity when none is configured (commits need one)."""
+    def _identity(self) -> tuple[str, str]:
+        """The user's name and email, read by GitPython's own config parser (nothing runs)."""
         reader = self.repo.config_reader()
-        has_identity = reader.has_option("user", "name") and reader.has_option("user", "email")
-        with self.repo.git.custom_environment(**({} if has_identity else FALLBACK_IDENTITY)):
-            return self.repo.git.execute(["git", *args])
+        if reader.has_option("user", "name") and reader.has_option("user", "email"):
+            return reader.get_value("user", "name"), reader.get_value("user", "email")
+        return FALLBACK_IDENTITY
+
+    def _harden(self, private_dir: Path | None) -> None:
+        private = Path(private_dir) if private_dir else self.root / ".git" / "ner-autoresearch"
+        hooks = private / "no-hooks"
+        hooks.mkdir(parents=True, exist_ok=True)
+        config = private / "gitconfig"
+        if not config.exists():
+            config.write_text("")
+        self.repo.git.update_environment(
+            GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=str(config), GIT_TERMINAL_PROMPT="0", GIT_ATTR_NOSYSTEM="1",
+            GIT_AUTHOR_NAME=self.name, GIT_AUTHOR_EMAIL=self.email, GIT_COMMITTER_NAME=self.name,
+            GIT_COMMITTER_EMAIL=self.email)
+        self.repo.git.set_persistent_git_options(c=[
+            f"core.hooksPath={hooks}", "core.fsmonitor=false", "core.untrackedCache=false", "core.pager=cat",
+            "core.attributesFile=/dev/null", "diff.external=", "core.sshCommand=false", "credential.helper="])
 
     # ----- Status -----
 
     def changed_paths(self) -> set[str]:
         """Tracked files with uncommitted changes (staged or not), runtime files left out."""
-        paths = set()
-        for line in self.repo.git.status("--porcelain", "--untracked-files=no").splitlines():
-            path = line[3:].split(" -> ")[-1].strip('"')
-            if not is_runtime_path(path):
-                paths.add(path)
-        return paths
+        paths = {item.a_path for item in self.repo.index.diff(None)}  # working tree against the index
+        paths |= {item.a_path for item in self.repo.index.diff("HEAD")}  # index against HEAD
+        return {path for path in paths if not is_runtime_path(path)}
 
     def untracked_paths(self) -> set[str]:
-        """Untracked, non-ignored files, runtime files left out."""
         return {path for path in self.repo.untracked_files if not is_runtime_path(path)}
 
     def current_branch(self) -> str | None:
@@ -74,22 +114,34 @@ class Git:
     def head_sha(self) -> str:
         return self.repo.head.commit.hexsha
 
-    def head_run(self) -> int | None:
-        """The run number of the commit at HEAD when the loop made it (its trailer), else None."""
-        match = RUN_TRAILER.search(self.repo.head.commit.message)
+    def run_of(self, commit: str) -> int | None:
+        """The run number of a commit the loop made (its trailer), else None."""
+        match = RUN_TRAILER.search(self.repo.commit(commit).message)
         return int(match.group(1)) if match else None
 
     def show(self, commit: str, path: str = TRAIN_FILE) -> str:
-        """A file's text at a commit (through the object database: no subprocess per call)."""
-        return self.repo.commit(commit).tree[path].data_stream.read().decode("utf-8")
+        return self.show_bytes(commit, path).decode("utf-8")
 
-    def commit_message(self, commit: str) -> str:
+    def show_bytes(self, commit: str, path: str) -> bytes:
+        return self.repo.commit(commit).tree[path].data_stream.read()
+
+    def message(self, commit: str) -> str:
         return self.repo.commit(commit).message
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        return self.repo.is_ancestor(ancestor, descendant)
+
+    def exists(self, commit: str) -> bool:
+        try:
+            self.repo.commit(commit)
+            return True
+        except (ValueError, git.BadName):
+            return False
 
     # ----- Branch -----
 
     def use_branch(self, tag: str) -> bool:
-        """Check out autoresearch/<tag>, creating it at HEAD when new. Returns True when it already existed."""
+        """Check out autoresearch/<tag>, creating it at HEAD when new. True when it already existed."""
         name = branch_name(tag)
         try:
             self.repo.git.check_ref_format("--branch", name)
@@ -97,41 +149,62 @@ class Git:
             raise GitError(f"--tag {tag!r}: not a valid git branch name part") from None
         existed = name in self.repo.heads
         if self.current_branch() != name:
-            if existed:
-                self.repo.heads[name].checkout()
-            else:
-                self.repo.create_head(name).checkout()
+            (self.repo.heads[name] if existed else self.repo.create_head(name)).checkout()
         return existed
 
-    # ----- Candidate commits and reverts -----
+    # ----- Commits -----
 
-    def commit_candidate(self, tag: str, run: int, subject: str, body: str) -> str:
-        """Commit train.py alone on the branch, keep it reachable under a run ref; returns the sha."""
-        message = f"{subject}\n\n{body}\n\nAutoresearch-Run: {run}\n"
-        self._git("commit", "--no-verify", "--allow-empty", "-q", "-m", message, "--", TRAIN_FILE)
-        sha = self.head_sha()
-        self.mark_run(tag, run, sha)
-        return sha
+    def commit_train(self, base: str, train_py: str, message: str) -> str:
+        """A commit whose tree is base's with train.py replaced, parent base; no branch or file moves."""
+        data = train_py.encode("utf-8")
+        blob = self.repo.odb.store(IStream("blob", len(data), io.BytesIO(data)))
+        index = git.IndexFile.from_tree(self.repo, base)
+        mode = index.entries[(TRAIN_FILE, 0)].mode if (TRAIN_FILE, 0) in index.entries else 0o100644
+        index.add([BaseIndexEntry((mode, blob.binsha, 0, TRAIN_FILE))], write=False)
+        tree = index.write_tree()
+        actor = git.Actor(self.name, self.email)
+        commit = Commit.create_from_tree(self.repo, tree, message, parent_commits=[self.repo.commit(base)],
+                                         head=False, author=actor, committer=actor)
+        return commit.hexsha
 
     def mark_run(self, tag: str, run: int, sha: str) -> None:
         self.repo.git.update_ref(run_ref(tag, run), sha)
 
-    def run_ref_sha(self, tag: str, run: int) -> str | None:
-        try:
-            return self.repo.git.rev_parse("--verify", "-q", run_ref(tag, run))
-        except git.GitCommandError:
-            return None
+    def run_refs(self, tag: str) -> dict[int, str]:
+        """run number -> commit of every candidate ref of the tag."""
+        found = {}
+        prefix = f"refs/autoresearch/{tag}/run-"
+        for ref in self.repo.refs:
+            if ref.path.startswith(prefix) and ref.path[len(prefix):].isdigit():
+                found[int(ref.path[len(prefix):])] = ref.commit.hexsha
+        return found
 
     def move_to(self, commit: str) -> None:
-        """Point the branch at commit and restore train.py from it; any other working-tree change
-        (a human's program.md edit, say) is left alone, so no uncommitted work is lost."""
+        """Point the branch at commit and bring train.py in the index and working tree along; any other
+        working-tree change (a human's program.md edit) is left alone."""
         if self.head_sha() != commit:
             self.repo.head.reset(commit, index=True, working_tree=False)
-        self.restore_train(commit)
-
-    def restore_train(self, commit: str) -> None:
-        """train.py as it is at commit, in the index and the working tree."""
         self.repo.git.checkout(commit, "--", TRAIN_FILE)
 
-    def restore_tracked(self, commit: str, path: str) -> None:
-        self.repo.git.checkout(commit, "--", path)
+    def restore_tracked(self, commit: str, path: str) -> bool:
+        try:
+            self.repo.git.checkout(commit, "--", path)
+            return True
+        except git.GitCommandError:
+            return False
+
+    def merge_train(self, base_text: str, ours: str, theirs: str) -> str | None:
+        """theirs' change (base_text -> theirs) applied to ours with a three-way merge; None on a conflict."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ner-autoresearch-merge-") as folder:
+            paths = []
+            for name, text in (("ours", ours), ("base", base_text), ("theirs", theirs)):
+                path = Path(folder) / name
+                path.write_text(text, encoding="utf-8")
+                paths.append(str(path))
+            try:
+                merged = self.repo.git.merge_file("-p", "-q", *paths)
+            except git.GitCommandError:
+                return None  # conflicts: merge-file exits with their count
+        return merged + "\n" if ours.endswith("\n") and not merged.endswith("\n") else merged

@@ -1,0 +1,305 @@
+"""The operating-system boundary around every train.py process.
+
+Backends, best first: bubblewrap (`bwrap`, as Flatpak and agentic coding tools use it), util-linux `unshare`
+(user, mount, PID, network, IPC and UTS namespaces, set up by sandbox_init.py), and `none` (only with
+--no-sandbox or a non-LLM agent). Both real backends give train.py the same view:
+
+- no network (an empty network namespace), its own PID namespace and a fresh /proc: it cannot see the
+  loop or any other process, and everything it starts dies with it;
+- an environment built from an allowlist (no keys or tokens), a private HOME and TMPDIR, the HF hub cache
+  read-only and offline;
+- the whole file system read-only; the user's home, /home, /root, /tmp, /run, the repository and the
+  loop's own cache (holdout gold, integrity store) hidden behind empty folders; the job's workspace
+  (train.py, prepare.py, evaluate.py and the data view) read-only, and only its out/ folder writable;
+- GPU device nodes passed through; no capabilities; caps on processes, file size and (with a systemd user
+  session) memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+INIT_SCRIPT = Path(__file__).with_name("sandbox_init.py")
+BACKENDS = ("bwrap", "unshare", "none")
+SETUP_FAILED = 125  # sandbox_init.py's exit code when the view could not be built
+GPU_DEVICE_PATTERNS = ("/dev/nvidia*", "/dev/nvidia-caps/*", "/dev/dri/*", "/dev/kfd")
+SANDBOX_HOME = "/tmp/home"
+# Top-level folders train.py sees (read-only); every other top-level entry is hidden.
+SYSTEM_FOLDERS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "opt", "nix", "proc", "dev",
+                  "sys", "tmp")
+# Variables train.py may see, by name; everything else (keys, tokens, the loop's own settings) stays out.
+ENV_ALLOWLIST = (
+    "PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_NUMERIC", "TZ", "USER", "LOGNAME", "LD_LIBRARY_PATH",
+    "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES",
+    "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "PYTORCH_CUDA_ALLOC_CONF",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM",
+)
+
+
+class SandboxError(Exception):
+    """No sandbox backend works here, or the one asked for does not; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    processes: int = 4096  # RLIMIT_NPROC: processes and threads
+    file_bytes: int = 8 << 30  # RLIMIT_FSIZE: the largest file train.py may write
+    tmp_bytes: int = 4 << 30  # its private /tmp (HOME and TMPDIR), in memory
+    shm_bytes: int = 2 << 30  # its private /dev/shm (DataLoader workers)
+    memory_bytes: int | None = None  # a cgroup memory cap where the kernel allows one; None: 90% of RAM
+
+    def rlimits(self) -> dict[str, int]:
+        return {"nproc": self.processes, "fsize": self.file_bytes, "core": 0}
+
+    def memory(self) -> int:
+        if self.memory_bytes:
+            return self.memory_bytes
+        try:
+            total_kb = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")))
+        except (OSError, StopIteration, ValueError):
+            return 0
+        return int(total_kb * 1024 * 0.9)
+
+
+@dataclass
+class SandboxSpec:
+    """What one train.py process may see and do."""
+
+    workspace: Path  # read-only: train.py, prepare.py, evaluate.py, data/
+    out_dir: Path  # writable: the only place it can write (besides its private /tmp)
+    command: list[str]  # run with cwd = workspace
+    env: dict[str, str]
+    masks: list[str] = field(default_factory=list)  # folders hidden behind an empty tmpfs
+    ro_binds: list[str] = field(default_factory=list)  # shown again read-only under the masks
+    devices: list[str] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
+    cgroup_procs: list[str] = field(default_factory=list)  # the job's control groups, joined before anything runs
+    use_systemd_scope: bool = False
+
+    def init_json(self) -> str:
+        return json.dumps({
+            "cwd": str(self.workspace), "command": self.command, "env": self.env, "masks": self.masks,
+            "ro_binds": self.ro_binds, "rw_binds": [str(self.out_dir)], "devices": self.devices,
+            "tmp_size": self.limits.tmp_bytes, "shm_size": self.limits.shm_bytes, "home": SANDBOX_HOME,
+            "rlimits": self.limits.rlimits(),
+        })
+
+
+# ----- What the view hides and shows again -----
+
+
+def hub_cache() -> Path | None:
+    """The Hugging Face hub cache (models), shown read-only; HF_HOME itself may hold a token and stays hidden."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    path = Path(constants.HF_HUB_CACHE)
+    return path if path.is_dir() else None
+
+
+def python_paths(repo: Path | None) -> list[str]:
+    """The interpreter and every import path train.py needs (a venv inside the repository included, the
+    repository itself not)."""
+    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+                  *sys.path]
+    paths = []
+    for candidate in candidates:
+        if not candidate or not os.path.isdir(candidate):
+            continue
+        path = os.path.realpath(candidate)
+        if repo is not None and (path == str(repo) or path.startswith(str(repo) + os.sep)):
+            if "site-packages" not in path and not _in_venv(Path(path), repo):
+                continue
+        paths.append(path)
+    return _outermost(paths)
+
+
+def _in_venv(path: Path, stop: Path) -> bool:
+    for folder in (path, *path.parents):
+        if folder == stop:
+            return False
+        if (folder / "pyvenv.cfg").is_file():
+            return True
+    return False
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    kept: list[str] = []
+    for path in sorted(set(paths), key=len):
+        if not any(path == outer or path.startswith(outer.rstrip("/") + "/") for outer in kept):
+            kept.append(path)
+    return kept
+
+
+def hidden_paths(repo: Path | None, private: list[Path]) -> list[str]:
+    """What an empty tmpfs (or /dev/null, for a file) covers: every top-level entry but the system folders
+    (so homes, /work, /data, /srv, /var, ... and any data in them are gone), plus the repository and the
+    loop's private folders (holdout gold, integrity store, job workspaces, the data's source folders)
+    wherever they are."""
+    paths = []
+    for entry in os.scandir("/"):
+        if entry.name not in SYSTEM_FOLDERS and not entry.is_symlink():
+            paths.append(entry.path)
+    paths += [str(path) for path in private] + ([str(repo)] if repo is not None else [])
+    paths += ["/tmp", os.path.expanduser("~")]
+    real = {os.path.realpath(path) for path in paths if os.path.lexists(path)}
+    return _outermost(sorted(real - {"/", *(f"/{name}" for name in SYSTEM_FOLDERS if name != "tmp")}))
+
+
+def gpu_devices() -> list[str]:
+    return sorted(path for pattern in GPU_DEVICE_PATTERNS for path in glob.glob(pattern))
+
+
+def sandbox_env(base: dict[str, str], hub: Path | None) -> dict[str, str]:
+    """train.py's whole environment: allowlisted names, a private home, the hub offline."""
+    env = {name: base[name] for name in ENV_ALLOWLIST if name in base}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update({
+        "HOME": SANDBOX_HOME, "TMPDIR": "/tmp", "XDG_CACHE_HOME": f"{SANDBOX_HOME}/.cache",
+        "HF_HOME": f"{SANDBOX_HOME}/.cache/huggingface", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "MPLCONFIGDIR": f"{SANDBOX_HOME}/.config",
+        "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+        "NER_AUTORESEARCH_CACHE": f"{SANDBOX_HOME}/.cache/ner-autoresearch",
+    })
+    if hub is not None:
+        env["HF_HUB_CACHE"] = str(hub)
+    return env
+
+
+def make_spec(workspace: Path, out_dir: Path, command: list[str], base_env: dict[str, str], repo: Path | None,
+              private: list[Path], limits: Limits = Limits()) -> SandboxSpec:
+    hub = hub_cache()
+    libraries = [path for path in base_env.get("LD_LIBRARY_PATH", "").split(":") if path and os.path.isdir(path)]
+    shown = python_paths(repo) + libraries + ([str(hub)] if hub is not None else []) + [str(workspace)]
+    return SandboxSpec(workspace=workspace, out_dir=out_dir, command=command, env=sandbox_env(base_env, hub),
+                       masks=hidden_paths(repo, private), ro_binds=_outermost(shown), devices=gpu_devices(),
+                       limits=limits)
+
+
+# ----- Backends: each turns a spec into the argv that starts it -----
+
+
+def _limits_prefix(spec: SandboxSpec) -> list[str]:
+    """rlimits, the job's control groups and a parent-death signal, set by a tiny stdlib script that then
+    execs the real command."""
+    settings = {"rlimits": spec.limits.rlimits(), "cgroup_procs": spec.cgroup_procs}
+    return [sys.executable, "-I", "-S", str(INIT_SCRIPT), "limits", json.dumps(settings), "--"]
+
+
+def _memory_prefix(spec: SandboxSpec) -> list[str]:
+    """Without a control group of its own, a systemd user session can cap memory and tasks (a scope)."""
+    if spec.cgroup_procs or not spec.use_systemd_scope:
+        return []
+    return ["systemd-run", "--user", "--scope", "--quiet", "--collect", "-p", f"MemoryMax={spec.limits.memory()}",
+            "-p", f"TasksMax={spec.limits.processes}", "--"]
+
+
+def bwrap_argv(spec: SandboxSpec) -> list[str]:
+    argv = [shutil.which("bwrap") or "bwrap", "--unshare-user", "--unshare-all", "--disable-userns",
+            "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv", "--ro-bind", "/", "/",
+            "--dev", "/dev", "--proc", "/proc"]
+    for path in spec.masks:
+        if os.path.isfile(path):
+            argv += ["--ro-bind", "/dev/null", path]
+            continue
+        size = spec.limits.tmp_bytes if path == "/tmp" else 16 << 20
+        argv += ["--size", str(size), "--tmpfs", path]
+    argv += ["--dir", SANDBOX_HOME, "--size", str(spec.limits.shm_bytes), "--tmpfs", "/dev/shm"]
+    for device in spec.devices:
+        argv += ["--dev-bind", device, device]
+    for path in spec.ro_binds:
+        argv += ["--ro-bind", path, path]
+    argv += ["--bind", str(spec.out_dir), str(spec.out_dir)]
+    argv += [item for path in spec.masks if path != "/tmp" and os.path.isdir(path) for item in ("--remount-ro", path)]
+    for name, value in spec.env.items():
+        argv += ["--setenv", name, value]
+    argv += ["--chdir", str(spec.workspace), "--", *spec.command]
+    return _memory_prefix(spec) + _limits_prefix(spec) + argv
+
+
+def unshare_argv(spec: SandboxSpec) -> list[str]:
+    argv = [shutil.which("unshare") or "unshare", "--user", "--map-root-user", "--mount", "--pid", "--net",
+            "--ipc", "--uts", "--fork", "--kill-child", "--", sys.executable, "-I", "-S", str(INIT_SCRIPT), "enter",
+            spec.init_json()]
+    return _memory_prefix(spec) + _limits_prefix(spec) + argv
+
+
+def none_argv(spec: SandboxSpec) -> list[str]:
+    return _limits_prefix(spec) + ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in spec.env.items()), *spec.command]
+
+
+ARGV = {"bwrap": bwrap_argv, "unshare": unshare_argv, "none": none_argv}
+
+
+def launch_argv(backend: str, spec: SandboxSpec) -> list[str]:
+    return ARGV[backend](spec)
+
+
+# ----- Which backend works here -----
+
+
+@functools.lru_cache(maxsize=None)
+def systemd_scope_works() -> bool:
+    if not shutil.which("systemd-run"):
+        return False
+    probe = subprocess.run(["systemd-run", "--user", "--scope", "--quiet", "--collect", "true"],
+                           capture_output=True, timeout=20, check=False)
+    return probe.returncode == 0
+
+
+@functools.lru_cache(maxsize=None)
+def probe(backend: str) -> str | None:
+    """None when the backend can run a sandboxed command here, else why not (one line)."""
+    if backend == "none":
+        return None
+    if backend == "bwrap" and not shutil.which("bwrap"):
+        return "bwrap is not installed (apt install bubblewrap)"
+    if backend == "unshare" and not shutil.which("unshare"):
+        return "unshare (util-linux) is not installed"
+    with tempfile.TemporaryDirectory(prefix="ner-autoresearch-probe-") as folder:
+        workspace = Path(folder)
+        (workspace / "out").mkdir()
+        spec = make_spec(workspace, workspace / "out", [sys.executable, "-c", "open('out/ok', 'w').write('1')"],
+                         dict(os.environ), repo=None, private=[])
+        try:
+            result = subprocess.run(launch_argv(backend, spec), capture_output=True, timeout=60, check=False,
+                                    start_new_session=True)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{backend} failed to start ({exc})"
+        if result.returncode != 0 or not (workspace / "out" / "ok").is_file():
+            lines = result.stderr.decode(errors="replace").strip().splitlines()
+            return f"{backend} does not work here ({lines[-1] if lines else f'exit code {result.returncode}'})"
+    return None
+
+
+def choose(requested: str, allow_none: bool) -> tuple[str, list[str]]:
+    """The backend to use and why the better ones were passed over. requested: auto, bwrap, unshare or none."""
+    if requested == "none":
+        if not allow_none:
+            raise SandboxError("--sandbox none is only allowed with --no-sandbox")
+        return "none", []
+    if requested in ("bwrap", "unshare"):
+        why = probe(requested)
+        if why:
+            raise SandboxError(f"--sandbox {requested}: {why}")
+        return requested, []
+    reasons = []
+    for backend in ("bwrap", "unshare"):
+        why = probe(backend)
+        if why is None:
+            return backend, reasons
+        reasons.append(why)
+    if allow_none:
+        return "none", reasons
+    raise SandboxError("no sandbox works on this machine (" + "; ".join(reasons) + "); install bubblewrap "
+                       "(apt install bubblewrap), or run with --no-sandbox to run train.py UNSANDBOXED")
