@@ -1,35 +1,20 @@
-"""results.tsv: one tab-separated row per run, appended (flushed and fsynced) and never rewritten."""
+"""results.tsv: one row per run, appended (fsynced) and never rewritten, and checked against the bytes the
+loop itself wrote. The loop keeps its own copy outside the repository (in the integrity store), so a file
+edited behind its back is noticed, reported, and put back."""
 
 from __future__ import annotations
 
 import csv
+import io
 import os
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .records import PLAIN_CELLS_MARKER, RecordError, RunRecord, columns_for, entity_types_in
+from .safe_io import UnsafeFile, append_durably, open_no_follow, read_bytes, write_atomically
+
 RESULTS_FILE = "results.tsv"
 STATE_FILE = "CURRENT_STATE.md"
-STATUSES = ("baseline", "keep", "discard", "crash", "timeout", "invalid")
-# Statuses whose train.py actually ran: their text counts for the duplicate check.
-RAN_STATUSES = ("baseline", "keep", "discard", "crash", "timeout")
-KEPT_STATUSES = ("baseline", "keep")
-
-HEAD_COLUMNS = ["run", "tag", "commit", "status", "strict_f1", "relaxed_f1"]
-TAIL_COLUMNS = [
-    "peak_vram_gb", "seconds", "seed_scores", "strict_f1_sd", "seeds", "cost_usd", "tokens_in", "tokens_out",
-    "direction", "description", "note", "timestamp",
-]
-
-
-def columns_for(entity_types: list[str]) -> list[str]:
-    """The header: fixed columns, one strict_f1_<TYPE> per entity type, then the rest."""
-    return [*HEAD_COLUMNS, *(f"strict_f1_{name}" for name in entity_types), *TAIL_COLUMNS]
-
-
-def one_line(text: object) -> str:
-    """A cell that cannot break the TSV: tabs and newlines become visible escapes."""
-    return str(text).replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "").replace("\n", "\\n")
 
 
 def now_iso() -> str:
@@ -37,79 +22,135 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Every row of a results.tsv as dicts of strings ([] when the file does not exist)."""
-    if not path.is_file():
+def parse(data: bytes, where: str = RESULTS_FILE) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows as cell dicts) of a results.tsv's bytes; old CSV-quoted files are read as such."""
+    text = data.decode("utf-8", errors="replace")
+    if not text.strip():
+        return [], []
+    header = text.splitlines()[0].split("\t")
+    if PLAIN_CELLS_MARKER in header:
+        lines = text.splitlines()[1:]
+        rows = [dict(zip(header, line.split("\t"))) for line in lines if line.strip()]
+    else:
+        rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t"))
+    for row in rows:  # unescape what escape_cell wrote
+        for key, value in row.items():
+            if value and "\\" in value:
+                row[key] = _unescape(value)
+    return header, rows
+
+
+def _unescape(value: str) -> str:
+    out, index = [], 0
+    while index < len(value):
+        char = value[index]
+        if char == "\\" and index + 1 < len(value):
+            following = value[index + 1]
+            out.append({"t": "\t", "n": "\n", "\\": "\\"}.get(following, "\\" + following))
+            index += 2
+        else:
+            out.append(char)
+            index += 1
+    return "".join(out)
+
+
+def read_records(path: Path, tag: str | None = None) -> list[RunRecord]:
+    """Every row of a results.tsv (of one tag, when given) as records; [] when the file does not exist."""
+    try:
+        data = read_bytes(path)
+    except FileNotFoundError:
         return []
-    with path.open(encoding="utf-8", newline="") as file:
-        return list(csv.DictReader(file, delimiter="\t"))
+    _, rows = parse(data, str(path))
+    records = [RunRecord.from_cells(row, f"{path}") for row in rows]
+    return [record for record in records if tag is None or record.tag == tag]
 
 
-def append_row(path: Path, row: dict, columns: list[str]) -> None:
-    """Append one row (writing the header first for a new file), then flush and fsync."""
-    new_file = not path.is_file() or path.stat().st_size == 0
-    if not new_file:
-        with path.open(encoding="utf-8", newline="") as file:
-            columns = next(csv.reader(file, delimiter="\t"))  # an existing file keeps its own header
-    with path.open("a", encoding="utf-8", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns, delimiter="\t", lineterminator="\n",
-                                extrasaction="ignore", restval="")
-        if new_file:
-            writer.writeheader()
-        writer.writerow({key: one_line(value) for key, value in row.items() if value is not None})
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def tag_of(rows: list[dict]) -> str | None:
-    """The tag a results.tsv belongs to (from its first row), or None for an empty or tag-less file."""
+def tag_of(path: Path) -> str | None:
+    """The tag a results.tsv belongs to (its first row's), or None for an empty or missing file."""
+    try:
+        _, rows = parse(read_bytes(path))
+    except (FileNotFoundError, UnsafeFile):
+        return None
     return (rows[0].get("tag") or None) if rows else None
 
 
-def _free_name(path: Path) -> Path:
-    """path, or path.1, path.2, ... : the first name not taken, so an archive never overwrites."""
-    candidate, number = path, 0
-    while candidate.exists():
-        number += 1
-        candidate = path.with_name(f"{path.name}.{number}")
-    return candidate
+def header_of(path: Path) -> list[str]:
+    try:
+        return parse(read_bytes(path))[0]
+    except FileNotFoundError:
+        return []
 
 
-def switch_tag(repo: Path, tag: str) -> str | None:
-    """Archive another tag's results.tsv and CURRENT_STATE.md under runs/<oldtag>/, and bring back this
-    tag's archived ones; nothing is deleted. Returns the archived tag, if any."""
-    results = repo / RESULTS_FILE
-    old_tag = tag_of(read_rows(results)) if results.is_file() else None
-    archived = None
-    if results.is_file() and old_tag != tag:
-        archived = old_tag or "untagged-" + datetime.now().strftime("%Y%m%d-%H%M%S")
-        archive_dir = repo / "runs" / archived
-        archive_dir.mkdir(parents=True, exist_ok=True)
-        for name in (RESULTS_FILE, STATE_FILE):
-            if (repo / name).is_file():
-                shutil.move(repo / name, _free_name(archive_dir / name))
-    if not results.is_file():
-        for name in (RESULTS_FILE, STATE_FILE):
-            saved = repo / "runs" / tag / name
-            if saved.is_file():
-                shutil.move(saved, repo / name)
-    return archived
+def encode_row(record: RunRecord, header: list[str]) -> bytes:
+    cells = record.to_cells(entity_types_in(header))
+    return ("\t".join(cells.get(column, "") for column in header) + "\n").encode("utf-8")
 
 
-def as_float(value: str | None) -> float | None:
-    """A cell as a float, or None when empty."""
-    return float(value) if value not in (None, "") else None
+class Ledger:
+    """The repository's results.tsv and the loop's own copy of it (`mirror`, outside the repository)."""
+
+    def __init__(self, path: Path, mirror: Path, entity_types: list[str]):
+        self.path, self.mirror, self.entity_types = Path(path), Path(mirror), entity_types
+
+    def records(self, tag: str | None = None) -> list[RunRecord]:
+        return read_records(self.path, tag)
+
+    def append(self, record: RunRecord) -> None:
+        """Append one row (header first for a new file), fsynced, and the same bytes to the mirror."""
+        header = header_of(self.path) or columns_for(self.entity_types)
+        data = encode_row(record, header)
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            data = ("\t".join(header) + "\n").encode("utf-8") + data
+        append_durably(self.path, data)
+        append_durably(self.mirror, data)
+
+    def drop_partial_row(self) -> bool:
+        """Cut a last line that a kill left without its newline (an unfinished append); True when it did."""
+        changed = False
+        for path in (self.path, self.mirror):
+            if not path.is_file() or path.stat().st_size == 0:
+                continue
+            data = read_bytes(path)
+            if data.endswith(b"\n"):
+                continue
+            fd = open_no_follow(path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, data.rfind(b"\n") + 1)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            changed = changed or path == self.path
+        return changed
+
+    def problem(self) -> str | None:
+        """Why results.tsv is not what the loop wrote (None when it is, or when neither exists yet)."""
+        try:
+            actual = read_bytes(self.path)
+        except FileNotFoundError:
+            actual = None
+        except UnsafeFile as exc:
+            return str(exc)
+        expected = read_bytes(self.mirror) if self.mirror.is_file() else None
+        if actual == expected or (expected is None and actual is None):
+            return None
+        if expected is None:
+            return None  # a results.tsv from before the mirror existed: adopted by adopt()
+        if actual is None:
+            return f"{self.path.name} was deleted"
+        return f"{self.path.name} differs from the rows the loop wrote"
+
+    def adopt(self) -> None:
+        """Take the current results.tsv as the loop's own (first start with this mirror)."""
+        if self.path.is_file() and not self.mirror.exists():
+            write_atomically(self.mirror, read_bytes(self.path))
+
+    def restore(self, save_to: Path) -> None:
+        """Move the altered results.tsv to save_to and put the loop's own rows back."""
+        if self.path.exists() or self.path.is_symlink():
+            save_to.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.path, save_to)
+        if self.mirror.is_file():
+            write_atomically(self.path, read_bytes(self.mirror))
 
 
-def drop_partial_row(path: Path) -> bool:
-    """Cut a last line that a kill left without its newline (an unfinished append); True when it did."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return False
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return False
-    with path.open("r+b") as file:
-        file.truncate(data.rfind(b"\n") + 1)
-        file.flush()
-        os.fsync(file.fileno())
-    return True
+__all__ = ["Ledger", "RecordError", "RunRecord", "read_records", "tag_of", "now_iso", "RESULTS_FILE", "STATE_FILE"]

@@ -1,91 +1,33 @@
-"""The morning report: did the night work, what won, can it be trusted, what next; plus progress.png.
+"""The morning report as plain data: what ran, what won, how far to trust it, and what to watch out for.
 
-build_report() turns results.tsv rows and the loop-only holdout scores into plain data; render_rich() and
-render_markdown() only format it; progress_figure() / plot_progress() draw the night.
+build_report(repo, tag) reads a night's files (results.tsv, night.json, last_stop.json, the loop-only holdout
+scores and predictions, consensus summaries, and every night of the repository for the agent comparison)
+into a Report. report_render.py formats it; report_plot.py draws progress.png; trust.py does the statistics.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from statistics import stdev
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from rich.console import Group
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
+import pandas as pd
 
-from . import state
-from .ledger import KEPT_STATUSES, RAN_STATUSES, TAIL_COLUMNS, tag_of
-from .state import baseline_row, best_row
+from . import holdout as holdout_file
+from . import state, trust
+from .dataviews import DataViews
+from .ledger import read_records
+from .records import RunRecord, Status
+from .safe_io import read_text
+from .scoring import import_file
+from .workspace import PROGRAM_FILE, Workspace, latest_tag, nights, read_json
 
-FAILED_STATUSES = ("crash", "timeout")
-NUMBER_COLUMNS = ("relaxed_f1", "peak_vram_gb", "seconds", "cost_usd")  # and every strict_f1* column
-CLOSED_AFTER_FAILURES = 5  # a direction with this many non-keeps in a row is worth abandoning
-PLATEAU_RUNS = 15
-CRASH_SHARE = 0.25
-OVERFIT_SDS = 2.0
+DEFAULT_CLOSE_AFTER = 5  # the loop's --close-after default, for nights from before night.json recorded it
 SHORT_COMMIT = 7
-NA = "n/a"
 
 
 class ReportError(Exception):
-    """A results.tsv cell the report cannot read; the message is one line naming the run and field."""
-
-
-# ----- The report as plain data -----
-
-
-@dataclass(frozen=True)
-class Score:
-    """An F1: the mean over seeds, their standard deviation (None for a single seed) and the seed count."""
-
-    mean: float
-    sd: float | None = None
-    seeds: int = 1
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One metric of the best run against the baseline, on val and on the blind holdout."""
-
-    metric: str
-    baseline_val: Score | None
-    best_val: Score | None
-    baseline_holdout: Score | None
-    best_holdout: Score | None
-
-    @property
-    def val_gain(self) -> float | None:
-        return _gain(self.best_val, self.baseline_val)
-
-    @property
-    def holdout_gain(self) -> float | None:
-        return _gain(self.best_holdout, self.baseline_holdout)
-
-
-@dataclass(frozen=True)
-class DirectionStats:
-    direction: str
-    runs: int
-    keeps: int
-    best_f1: float | None
-    gain: float | None  # best_f1 minus the baseline's strict F1
-    failures_in_a_row: int  # runs since this direction's last keep
-    closed: bool
-
-
-@dataclass(frozen=True)
-class KeptChange:
-    run: str
-    commit: str
-    direction: str
-    description: str
-    strict_f1: float | None
-    gain: float | None  # over the best before it
+    """Nothing to report, or a file the report cannot read; the message is one line naming file, run and field."""
 
 
 @dataclass(frozen=True)
@@ -97,424 +39,336 @@ class Counts:
     crashes: int  # crashes and timeouts
     timeouts: int
     invalid: int
+    screened: int  # discards that never got past the first trial's screen
+
+
+@dataclass
+class Summary:
+    """The night in numbers: runs, time, devices, workers, the agent's cost, sandboxes, why it stopped."""
+
+    counts: Counts
+    wall_seconds: float
+    train_seconds: float
+    by_device: dict[str, float]  # training seconds per device ("" when the rows do not say)
+    capacity: int  # workers training side by side (night.json)
+    workers: dict[str, tuple[int, float]]  # worker -> (trials, busy seconds)
+    cost_usd: float  # the priced part
+    unpriced_runs: int  # runs whose agent cost is unknown (an unpriced model)
+    tokens_in: int
+    tokens_out: int
+    sandboxes: dict[str, int]  # backend -> runs ("" when not recorded)
+    stop_reason: str | None
+
+    @property
+    def training_share(self) -> float | None:
+        return self.train_seconds / (self.wall_seconds * self.capacity) if self.wall_seconds > 0 else None
 
 
 @dataclass(frozen=True)
-class Alert:
-    kind: str  # "overfit", "crashes", "budget" or "plateau"
-    message: str
+class DirectionRow:
+    direction: str
+    runs: int
+    keeps: int
+    best_f1: float | None  # best confirmed mean (runs over every planned trial)
+    gain: float | None  # best_f1 minus the baseline's strict F1
+    failures_in_a_row: int
+    closed: bool
+
+
+@dataclass(frozen=True)
+class KeptChange:
+    run: int
+    commit: str
+    direction: str
+    description: str
+    score: trust.Score | None
+    gain: float | None  # over the best before it
+
+
+@dataclass(frozen=True)
+class AgentRow:
+    """One agent over the repository's nights: what it ran, kept and gained."""
+
+    agent: str
+    nights: int
+    runs: int
+    keeps: int
+    best_val_gain: float | None
+    best_holdout_gain: float | None
+    runs_to_first_keep: float | None  # median over the nights that kept something
+    hours: float
+
+
+@dataclass(frozen=True)
+class ConsensusResult:
+    """LLM consensus over a run's spans (runs/<tag>/<run>/consensus/summary.json) next to the run's own scores;
+    each score is (strict F1, relaxed F1) or None."""
+
+    run: int
+    models: list[str]
+    min_votes: int
+    scores: dict[str, tuple[float, float] | None]  # val, holdout, run_val, run_holdout
+    cost_usd: float | None
+    tokens_in: int
+    tokens_out: int
+    spans: int
+    abstentions: int
 
 
 @dataclass
 class Report:
-    tag: str | None
-    counts: Counts
-    wall_seconds: float
-    train_seconds: float
-    cost_usd: float
-    tokens: dict | None
-    baseline_run: str | None
-    best_run: str | None
-    best_commit: str | None
-    comparisons: list[Comparison]  # strict, relaxed, then strict per entity type
-    directions: list[DirectionStats]
+    tag: str
+    night: dict  # night.json ({} for a night from before it existed)
+    unit: str  # "seed" or "fold"
+    full_trials: int  # trials a confirmed run gets
+    records: list[RunRecord]
+    summary: Summary
+    baseline: RunRecord | None
+    best: RunRecord | None
+    comparisons: list[trust.Comparison]  # strict, relaxed, then strict per entity type
+    trust: trust.Trust
+    directions: list[DirectionRow]
     kept: list[KeptChange]
-    alerts: list[Alert]
-    stop_reason: str | None = None
-
-    @property
-    def gpu_fraction(self) -> float | None:
-        return self.train_seconds / self.wall_seconds if self.wall_seconds > 0 else None
+    alerts: list[trust.Alert] = field(default_factory=list)
+    holdout: list[dict] = field(default_factory=list)  # the loop-only holdout scorings
+    agents: list[AgentRow] = field(default_factory=list)  # only when the repository has several nights
+    consensus: list[ConsensusResult] = field(default_factory=list)
 
 
-def _gain(score: Score | None, reference: Score | None) -> float | None:
-    return score.mean - reference.mean if score is not None and reference is not None else None
+# ----- Reading a night -----
 
 
-def _run_of(row: dict) -> str:
-    return row.get("run") or "?"
+def read_night_records(ws: Workspace) -> list[RunRecord]:
+    try:
+        return read_records(ws.results_file(), ws.tag)
+    except (ValueError, OSError) as exc:
+        raise ReportError(str(exc)) from None
 
 
-def _number(row: dict, column: str) -> float | None:
-    """A numeric cell, None when empty; a ReportError naming run and column when unreadable."""
-    value = (row.get(column) or "").strip()
-    if not value:
+def holdout_gold(repo: Path) -> Path | None:
+    """The holdout gold's path (outside the repository); None without prepare.py or a holdout."""
+    if not (repo / "prepare.py").is_file():
         return None
+    prepare = import_file(repo / "prepare.py", "prepare")
     try:
-        return float(value)
-    except ValueError:
-        raise ReportError(f"results.tsv run {_run_of(row)}: {column} is not a number: {value!r}") from None
+        return prepare.holdout_gold_path(repo / "data")
+    except prepare.DataError:
+        return None  # prepared with --holdout-frac 0
 
 
-def _seed_scores(row: dict) -> list[float]:
+def holdout_entries(repo: Path, tag: str, gold: Path | None) -> list[dict]:
+    return holdout_file.read_scores(holdout_file.scores_path(gold, repo, tag)) if gold else []
+
+
+def noise_floor(repo: Path, night: dict) -> float:
+    """One gold span's worth of F1 on one trial's scored rows (0 when data/ cannot be read)."""
     try:
-        return [float(value) for value in (row.get("seed_scores") or "").split(",") if value.strip()]
-    except ValueError:
-        raise ReportError(f"results.tsv run {_run_of(row)}: seed_scores is not a list of numbers: "
-                          f"{row.get('seed_scores')!r}") from None
-
-
-def _timestamp(row: dict) -> datetime | None:
-    value = (row.get("timestamp") or "").strip()
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise ReportError(f"results.tsv run {_run_of(row)}: timestamp is not ISO 8601: {value!r}") from None
-
-
-def entity_types_of(rows: list[dict]) -> list[str]:
-    """The entity types that have a strict_f1_<TYPE> column."""
-    if not rows:
-        return []
-    return [column.removeprefix("strict_f1_") for column in rows[0]
-            if column.startswith("strict_f1_") and column not in TAIL_COLUMNS]
-
-
-def count_runs(rows: list[dict]) -> Counts:
-    statuses = [row["status"] for row in rows]
-    return Counts(runs=len(rows), baseline=statuses.count("baseline"), keeps=statuses.count("keep"),
-                  discards=statuses.count("discard"),
-                  crashes=sum(status in FAILED_STATUSES for status in statuses),
-                  timeouts=statuses.count("timeout"), invalid=statuses.count("invalid"))
-
-
-def night_seconds(rows: list[dict]) -> float:
-    """Wall time of the night. A row is stamped when its run ends, so the night began at the first stamp
-    minus the first run's seconds."""
-    stamped = [(row, _timestamp(row)) for row in rows]
-    stamped = [(row, stamp) for row, stamp in stamped if stamp is not None]
-    if not stamped:
+        views = DataViews(repo / "data", night.get("eval", "val"), night.get("folds", 5), night.get("split_seed", 2026))
+        return 1.0 / views.fold_span_count()
+    except (OSError, ValueError, KeyError):
         return 0.0
-    (first, first_stamp), (_, last_stamp) = stamped[0], stamped[-1]
-    return (last_stamp - first_stamp).total_seconds() + (_number(first, "seconds") or 0.0)
 
 
-def training_seconds(rows: list[dict]) -> float:
-    """Seconds train.py ran (every seed), over the runs that got to train."""
-    return sum(_number(row, "seconds") or 0.0 for row in rows if row["status"] in RAN_STATUSES)
+def timestamp(record: RunRecord) -> datetime | None:
+    try:
+        return datetime.fromisoformat(record.timestamp) if record.timestamp else None
+    except ValueError:
+        raise ReportError(f"results.tsv: run {record.run}: timestamp: not ISO 8601: {record.timestamp!r}") from None
 
 
-def val_score(row: dict | None, column: str = "strict_f1") -> Score | None:
-    """A row's val score; for strict F1 over several seeds, with their sd."""
-    value = _number(row, column) if row is not None else None
-    if value is None:
-        return None
-    seeds = _seed_scores(row) if column == "strict_f1" else []
-    if len(seeds) < 2:
-        return Score(value)
-    sd = _number(row, "strict_f1_sd")
-    return Score(value, sd if sd is not None else stdev(seeds), len(seeds))
+def wall_seconds(records: list[RunRecord]) -> float:
+    """A row is stamped when its run ends, so the night began at the first stamp minus the first run's seconds."""
+    stamped = [(record, timestamp(record)) for record in records if record.timestamp]
+    return (stamped[-1][1] - stamped[0][1]).total_seconds() + stamped[0][0].seconds if stamped else 0.0
 
 
-def holdout_entry(holdout: list[dict], run: str | None) -> dict | None:
-    """The holdout scoring of a run: its "final" one when there is one, else the latest."""
-    entries = [entry for entry in holdout if run is not None and str(entry.get("run")) == str(run)]
-    finals = [entry for entry in entries if entry.get("role") == "final"]
-    return (finals or entries or [None])[-1]
+# ----- Sections -----
 
 
-def holdout_score(entry: dict | None, metric: str, entity_type: str | None = None) -> Score | None:
-    if entry is None:
-        return None
-    if entity_type is not None:
-        value = (entry.get("per_type") or {}).get(entity_type)
-        return Score(float(value)) if value is not None else None
-    value = entry.get(metric)
-    if value is None:
-        return None
-    seeds = [float(score) for score in entry.get("seed_scores") or []] if metric == "strict_f1" else []
-    return Score(float(value), stdev(seeds), len(seeds)) if len(seeds) > 1 else Score(float(value))
+def summarise(ws: Workspace, records: list[RunRecord], night: dict, full_trials: int) -> Summary:
+    """Runs by status, training time per device, each worker's trials and busy seconds (trial.json), cost."""
+    frame = pd.DataFrame([{"status": record.status.value, "seconds": record.seconds, "device": record.device,
+                           "sandbox": record.sandbox, "cost_usd": record.cost_usd, "tokens_in": record.tokens_in,
+                           "tokens_out": record.tokens_out, "trials": record.trials} for record in records])
+    frame["cost_usd"] = frame["cost_usd"].astype(float)
+    status = frame["status"].value_counts()
+
+    def runs(name: str) -> int:
+        return int(status.get(name, 0))
+
+    counts = Counts(runs=len(frame), baseline=runs("baseline"), keeps=runs("keep"), discards=runs("discard"),
+                    crashes=runs("crash") + runs("timeout"), timeouts=runs("timeout"), invalid=runs("invalid"),
+                    screened=int(((frame["status"] == "discard") & (frame["trials"] < full_trials)).sum()))
+    ran = frame[frame["status"] != "invalid"]
+    busy: dict[str, list[float]] = {}
+    for record in records:  # every trial that ran, scored or not
+        keys = zip(record.seeds, record.folds or [None] * len(record.seeds))
+        for index, (worker, (seed, fold)) in enumerate(zip(record.workers, keys)):
+            trial_json = read_json(ws.trial_dir(record.run, index, seed, fold) / "trial.json")
+            busy.setdefault(worker, []).append(float(trial_json.get("seconds", record.seconds / len(record.workers))))
+    return Summary(
+        counts=counts, wall_seconds=wall_seconds(records), train_seconds=float(ran["seconds"].sum()),
+        by_device={str(name): float(seconds) for name, seconds in ran.groupby("device")["seconds"].sum().items()},
+        capacity=max(int(night.get("workers") or 1), 1),
+        workers={name: (len(seconds), sum(seconds)) for name, seconds in sorted(busy.items())},
+        cost_usd=float(frame["cost_usd"].sum()), unpriced_runs=int(frame["cost_usd"].isna().sum()),
+        tokens_in=int(frame["tokens_in"].sum()), tokens_out=int(frame["tokens_out"].sum()),
+        sandboxes={str(name): int(count) for name, count in frame["sandbox"].value_counts().items()},
+        stop_reason=ws.last_stop().get("stop_reason"))
 
 
-def compare(best: dict | None, baseline: dict | None, holdout: list[dict], entity_types: list[str]
-            ) -> list[Comparison]:
-    """Strict, relaxed and per-type F1 of the best run against the baseline, on val and holdout."""
-    best_entry = holdout_entry(holdout, best["run"] if best else None)
-    base_entry = holdout_entry(holdout, baseline["run"] if baseline else None)
-    comparisons = [
-        Comparison(label, val_score(baseline, metric), val_score(best, metric),
-                   holdout_score(base_entry, metric), holdout_score(best_entry, metric))
-        for label, metric in (("strict F1", "strict_f1"), ("relaxed F1", "relaxed_f1"))
-    ]
-    for name in entity_types:
-        column = f"strict_f1_{name}"
-        comparisons.append(Comparison(
-            f"strict F1 {name}", val_score(baseline, column), val_score(best, column),
-            holdout_score(base_entry, "strict_f1", name), holdout_score(best_entry, "strict_f1", name)))
-    return comparisons
+def direction_rows(records: list[RunRecord], full_trials: int, closed: set[str]) -> list[DirectionRow]:
+    """Per direction (the baseline aside); best and gain count only confirmed runs."""
+    baseline = state.baseline_record(records)
+    base = baseline.strict_f1 if baseline else None
+    rows = [DirectionRow(entry.name, entry.runs, entry.keeps, entry.best,
+                         entry.best - base if entry.best is not None and base is not None else None,
+                         entry.failing, entry.key() in closed)
+            for entry in state.direction_stats(records, full_trials)]
+    return sorted(rows, key=lambda row: (-row.runs, row.direction))
 
 
-def direction_stats(rows: list[dict], closed_directions: set[str] | None = None) -> list[DirectionStats]:
-    """Per direction (the baseline aside): runs, keeps, best strict F1 and its gain, whether it is closed
-    (`closed_directions` holds state.direction_key()s; by default, CLOSED_AFTER_FAILURES failures in a row)."""
-    base = val_score(baseline_row(rows))
-    if closed_directions is None:
-        closed_directions = state.closed_directions(rows, CLOSED_AFTER_FAILURES)
-    stats = []
-    for direction, entry in state.direction_stats(rows).items():
-        gain = entry["best"] - base.mean if entry["best"] is not None and base is not None else None
-        stats.append(DirectionStats(direction, entry["runs"], entry["keeps"], entry["best"], gain,
-                                    entry["failing"], state.direction_key(direction) in closed_directions))
-    return sorted(stats, key=lambda stat: (-stat.runs, stat.direction))
-
-
-def kept_changes(rows: list[dict]) -> list[KeptChange]:
+def kept_changes(records: list[RunRecord]) -> list[KeptChange]:
     """The keeps in order, each with its gain over the best before it."""
-    changes, previous = [], val_score(baseline_row(rows))
-    for row in rows:
-        if row["status"] != "keep":
-            continue
-        score = val_score(row)
-        changes.append(KeptChange(
-            row["run"], (row.get("commit") or "")[:SHORT_COMMIT], row.get("direction") or "",
-            row.get("description") or "", score.mean if score else None, _gain(score, previous)))
-        previous = score or previous
+    changes, previous = [], state.baseline_record(records)
+    for record in records:
+        if record.status is Status.KEEP:
+            known = previous is not None and None not in (previous.strict_f1, record.strict_f1)
+            changes.append(KeptChange(record.run, record.commit[:SHORT_COMMIT], record.direction, record.description,
+                                      trust.as_score(record.strict_f1, record.trials, record.strict_f1_sd),
+                                      record.strict_f1 - previous.strict_f1 if known else None))
+            previous = record
     return changes
 
 
-# ----- Warnings -----
+# ----- How far to trust it: the holdout predictions -----
 
 
-def overfit_alert(strict: Comparison, baseline_sd: float | None) -> Alert | None:
-    """Val gains running ahead of holdout gains by more than 2 sd of the baseline's seeds."""
-    val_gain, holdout_gain = strict.val_gain, strict.holdout_gain
-    if val_gain is None or holdout_gain is None or baseline_sd is None:
-        return None
-    margin = OVERFIT_SDS * baseline_sd
-    if val_gain - holdout_gain <= margin:
-        return None
-    return Alert("overfit", f"overfitting val? the best run gains {val_gain:+.4f} strict F1 on val but "
-                            f"{holdout_gain:+.4f} on the blind holdout (more than {OVERFIT_SDS:g} sd = "
-                            f"{margin:.4f} apart)")
+def holdout_interval(repo: Path, ws: Workspace, gold: Path | None, best: RunRecord | None,
+                     baseline: RunRecord | None, entries: list[dict]) -> tuple[trust.Interval | None, str | None]:
+    """The bootstrap interval of the holdout gain from the two runs' pred_holdout.jsonl, or why there is none."""
+    if best is None or baseline is None or best is baseline:
+        return None, None
+    if gold is None:
+        return None, "no blind holdout (no data/holdout.jsonl): no holdout gain"
+    if not gold.is_file():
+        return None, f"the holdout gold is not on this machine ({gold}): no holdout interval"
+    if not (repo / "evaluate.py").is_file():
+        return None, f"{repo / 'evaluate.py'} not found: no holdout interval"
+    evaluate = import_file(repo / "evaluate.py", "evaluate")
+    counts = []
+    try:
+        gold_rows = evaluate.read_tags(gold)
+        for record in (best, baseline):
+            files = holdout_files(ws, record, trust.holdout_entry(entries, record.run))
+            if not files:
+                return None, f"run {record.run}: no pred_holdout.jsonl to resample: no holdout interval"
+            predictions = {path: evaluate.read_tags(path) for path in files}
+            for path, predicted in predictions.items():
+                evaluate.score_rows(gold_rows, predicted, pred_name=str(path))  # exactly the gold's rows, or an error
+            counts.append([trust.span_counts(gold_rows, predicted, evaluate.spans) for predicted in predictions.values()])
+    except evaluate.ScoreError as exc:
+        return None, f"no holdout interval: {exc}"
+    return trust.bootstrap_gain(*counts), None
 
 
-def crash_alert(counts: Counts) -> Alert | None:
-    if not counts.runs or counts.crashes / counts.runs <= CRASH_SHARE:
-        return None
-    return Alert("crashes", f"many failed runs: {counts.crashes} of {counts.runs} crashed or timed out "
-                            f"({counts.crashes / counts.runs:.0%}); see the logs under runs/")
+def holdout_files(ws: Workspace, record: RunRecord, entry: dict | None) -> list[Path]:
+    """The holdout predictions a scoring used, else the run's trial folders' pred_holdout.jsonl."""
+    listed = [Path(path) for path in (entry or {}).get("files") or []]
+    if listed and all(path.is_file() for path in listed):
+        return listed
+    folders = [ws.trial_dir(record.run, index, seed, fold) for index, (seed, fold) in enumerate(record.trial_keys)]
+    return [folder / "pred_holdout.jsonl" for folder in folders if (folder / "pred_holdout.jsonl").is_file()]
 
 
-def budget_alert(stop_reason: str | None) -> Alert | None:
-    return Alert("budget", f"stopped: {stop_reason}") if stop_reason else None
+def alerts(report: Report, floor: float) -> list[trust.Alert]:
+    summary, strict = report.summary, report.comparisons[0]
+    found = [trust.overfit_alert(strict.val_gain, strict.holdout_gain,
+                                 strict.baseline_val.sd if strict.baseline_val else None, floor),
+             trust.crash_alert(summary.counts.crashes, summary.counts.runs), trust.stop_alert(summary.stop_reason),
+             trust.plateau_alert([record.status.kept for record in report.records],
+                                 [timestamp(record) for record in report.records], summary.wall_seconds),
+             *trust.exposure_alerts(summary.sandboxes.get("none", 0), summary.unpriced_runs, summary.cost_usd)]
+    return [alert for alert in found if alert is not None]
 
 
-def plateau_alert(rows: list[dict]) -> Alert | None:
-    """No keep in the last 15 runs, or none in the last third of the night (at least 3 runs, by time)."""
-    kept_at = [index for index, row in enumerate(rows) if row["status"] in KEPT_STATUSES]
-    since_keep = len(rows) - 1 - kept_at[-1] if kept_at else len(rows)
-    if since_keep >= PLATEAU_RUNS:
-        return Alert("plateau", f"plateau: no keep in the last {since_keep} runs")
-    wall = night_seconds(rows)
-    stamps = [_timestamp(row) for row in rows]
-    if not wall or stamps[-1] is None:
-        return None
-    last_third = [row for row, stamp in zip(rows, stamps)
-                  if stamp is not None and (stamps[-1] - stamp).total_seconds() < wall / 3]
-    if len(last_third) >= 3 and not any(row["status"] in KEPT_STATUSES for row in last_third):
-        return Alert("plateau", f"plateau: no keep in the last third of the night ({len(last_third)} runs)")
-    return None
+# ----- Across nights, and consensus -----
 
 
-# ----- Building the report -----
+def agent_rows(repo: Path, gold: Path | None) -> list[AgentRow]:
+    """Nights by agent, when the repository has more than one night."""
+    found = nights(repo)
+    if len(found) < 2:
+        return []
+    rows = []
+    for tag, night in found:
+        records = read_night_records(Workspace(repo, tag))
+        best, baseline = state.best_record(records), state.baseline_record(records)
+        strict = trust.compare(best, baseline, holdout_entries(repo, tag, gold), [])[0]
+        kept = best is not baseline
+        proposals = [record for record in records if record.status is not Status.BASELINE]
+        rows.append({"agent": night.get("agent") or "?", "runs": len(records),
+                     "keeps": sum(record.status is Status.KEEP for record in records),
+                     "val_gain": strict.val_gain if kept else None, "holdout_gain": strict.holdout_gain if kept else None,
+                     "first_keep": next((index + 1 for index, record in enumerate(proposals)
+                                         if record.status is Status.KEEP), None),
+                     "hours": wall_seconds(records) / 3600})
+    frame = pd.DataFrame(rows).astype({"val_gain": float, "holdout_gain": float, "first_keep": float})
+    table = frame.groupby("agent", sort=False).agg(
+        nights=("runs", "size"), runs=("runs", "sum"), keeps=("keeps", "sum"), val_gain=("val_gain", "max"),
+        holdout_gain=("holdout_gain", "max"), first_keep=("first_keep", "median"), hours=("hours", "sum"))
+    table = table.astype(object).where(table.notna(), None)
+    return [AgentRow(str(agent), *row) for agent, row in zip(table.index, table.itertuples(index=False))]
 
 
-def build_report(rows: list[dict], holdout: list[dict], *, stop_reason: str | None = None,
-                 closed_directions: set[str] | None = None, tokens: dict | None = None) -> Report:
-    """Everything the morning report says, as plain data (rows: results.tsv as read by ledger.read_rows)."""
-    for row in rows:  # one clear error for a damaged cell, before any arithmetic
-        for column in row:
-            if column.startswith("strict_f1") or column in NUMBER_COLUMNS:
-                _number(row, column)
-    counts = count_runs(rows)
-    best, baseline = best_row(rows), baseline_row(rows)
-    comparisons = compare(best, baseline, holdout, entity_types_of(rows))
-    baseline_val = comparisons[0].baseline_val
-    alerts = [overfit_alert(comparisons[0], baseline_val.sd if baseline_val else None), crash_alert(counts),
-              budget_alert(stop_reason), plateau_alert(rows)]
-    return Report(
-        tag=tag_of(rows), counts=counts, wall_seconds=night_seconds(rows),
-        train_seconds=training_seconds(rows),
-        cost_usd=sum(_number(row, "cost_usd") or 0.0 for row in rows), tokens=tokens,
-        baseline_run=baseline["run"] if baseline else None, best_run=best["run"] if best else None,
-        best_commit=(best.get("commit") or "")[:SHORT_COMMIT] if best else None, comparisons=comparisons,
-        directions=direction_stats(rows, closed_directions), kept=kept_changes(rows),
-        alerts=[alert for alert in alerts if alert is not None], stop_reason=stop_reason,
-    )
+def consensus_result(path: Path) -> ConsensusResult:
+    """runs/<tag>/<run>/consensus/summary.json; ReportError names the file and field it cannot read."""
+    data = read_json(path)
+    try:
+        scores = {name: None if data.get(name) is None else
+                  (float(data[name]["strict_f1"]), float(data[name]["relaxed_f1"]))
+                  for name in ("val", "holdout", "run_val", "run_holdout")}
+        models, min_votes = [str(model) for model in data["models"]], int(data["min_votes"])
+        cost = None if data.get("cost_usd") is None else float(data["cost_usd"])
+        numbers = [int(data.get(name) or 0) for name in ("tokens_in", "tokens_out", "spans", "abstentions")]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReportError(f"{path}: unreadable consensus summary ({type(exc).__name__}: {exc})") from None
+    return ConsensusResult(int(path.parent.parent.name), models, min_votes, scores, cost, *numbers)
 
 
-# ----- Text shared by both renderers -----
+# ----- The report -----
 
 
-def format_score(score: Score | None) -> str:
-    if score is None:
-        return NA
-    if score.sd is None:
-        return f"{score.mean:.4f}"
-    return f"{score.mean:.4f} ± {score.sd:.4f} ({score.seeds} seeds)"
-
-
-def format_gain(gain: float | None) -> str:
-    return NA if gain is None else f"{gain:+.4f}"
-
-
-def format_duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-def format_tokens(tokens: dict | None) -> str:
-    if not tokens:
-        return "tokens n/a"
-    parts = [("input", "in"), ("output", "out"), ("cache_read", "cache read"), ("cache_write", "cache write")]
-    return ", ".join(f"{int(tokens[key]):,} {label}" for key, label in parts if tokens.get(key) is not None)
-
-
-def title(report: Report) -> str:
-    return f"Morning report: autoresearch/{report.tag}" if report.tag else "Morning report"
-
-
-def summary_lines(report: Report) -> list[tuple[str, str]]:
-    """(label, text) pairs: counts, time, cost, and the headline result."""
-    counts, fraction = report.counts, report.gpu_fraction
-    runs = (f"{counts.runs}: baseline {counts.baseline}, keeps {counts.keeps}, discards {counts.discards}, "
-            f"crashes {counts.crashes} (timeouts {counts.timeouts}), invalid {counts.invalid}")
-    gpu = f"{fraction:.0%} of it" if fraction is not None else NA
-    lines = [("runs", runs), ("time", f"{format_duration(report.wall_seconds)} wall, GPU training {gpu}"),
-             ("LLM", f"${report.cost_usd:.2f}; {format_tokens(report.tokens)}")]
-    if report.best_run is not None:
-        strict = report.comparisons[0]
-        best = (f"run {report.best_run} (commit {report.best_commit or NA}): strict F1 "
-                f"{format_score(strict.best_val)} on val, {format_gain(strict.val_gain)} over the baseline; "
-                f"holdout {format_score(strict.best_holdout)}, "
-                f"{format_gain(strict.holdout_gain)} over the baseline's")
-        lines.append(("best", best))
-    if report.stop_reason:
-        lines.append(("stopped", report.stop_reason))
-    return lines
-
-
-def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows of text) for each table of the report."""
-    comparison = [[row.metric, format_score(row.baseline_val), format_score(row.best_val),
-                   format_gain(row.val_gain), format_score(row.baseline_holdout),
-                   format_score(row.best_holdout), format_gain(row.holdout_gain)]
-                  for row in report.comparisons]
-    kept = [[change.run, change.commit, change.direction, change.description,
-             NA if change.strict_f1 is None else f"{change.strict_f1:.4f}", format_gain(change.gain)]
-            for change in report.kept]
-    directions = [[stat.direction, str(stat.runs), str(stat.keeps),
-                   NA if stat.best_f1 is None else f"{stat.best_f1:.4f}", format_gain(stat.gain),
-                   "yes" if stat.closed else "no"] for stat in report.directions]
-    best = f"run {report.best_run}" if report.best_run else "best"
-    return [
-        (f"Best ({best}) against the baseline",
-         ["metric", "baseline val", "best val", "val gain", "baseline holdout", "best holdout",
-          "holdout gain"], comparison),
-        ("Kept changes", ["run", "commit", "direction", "hypothesis", "strict F1", "gain"], kept),
-        ("Directions", ["direction", "runs", "keeps", "best strict F1", "gain over baseline", "closed"],
-         directions),
-    ]
-
-
-# ----- Renderers -----
-
-
-def render_rich(report: Report) -> Group:
-    """The report as rich renderables: a summary panel, warnings, then the tables."""
-    summary = Table.grid(padding=(0, 2))
-    for label, text in summary_lines(report):
-        summary.add_row(Text(label, style="bold"), Text(text))
-    parts = [Panel(summary, title=title(report), expand=False)]
-    if report.alerts:
-        warnings = Text("\n").join(Text(f"! {alert.message}") for alert in report.alerts)
-        parts.append(Panel(warnings, title="Warnings", border_style="red", expand=False))
-    else:
-        parts.append(Text("No warnings.", style="green"))
-    for heading, header, body in tables(report):
-        table = Table(title=heading, title_justify="left")
-        for column in header:
-            table.add_column(column, overflow="fold")
-        for cells in body:
-            table.add_row(*(Text(cell) for cell in cells))
-        parts.append(table)
-    return Group(*parts)
-
-
-def _markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def render_markdown(report: Report) -> str:
-    """The report as Markdown with pipe tables (`report --format md`)."""
-    out = [f"# {title(report)}", ""]
-    out += [f"- **{label}**: {_markdown_cell(text)}" for label, text in summary_lines(report)]
-    out += ["", "## Warnings", ""]
-    out += [f"- {_markdown_cell(alert.message)}" for alert in report.alerts] or ["None."]
-    for heading, header, body in tables(report):
-        out += ["", f"## {heading}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(_markdown_cell(cell) for cell in cells) + " |" for cells in body]
-        if not body:
-            out += ["", "(none)"]
-    return "\n".join(out) + "\n"
-
-
-# ----- progress.png -----
-
-
-def _runs_where(rows: list[dict], keep) -> tuple[list[int], list[float]]:
-    """Run numbers and val strict F1 of the scored rows that pass keep(row)."""
-    picked = [row for row in rows if keep(row) and _number(row, "strict_f1") is not None]
-    return [int(row["run"]) for row in picked], [_number(row, "strict_f1") for row in picked]
-
-
-def _running_best(rows: list[dict]) -> tuple[list[int], list[float]]:
-    """The staircase of the best kept score, carried on to the last run."""
-    runs, scores = _runs_where(rows, lambda row: row["status"] in KEPT_STATUSES)
-    if runs and rows and int(rows[-1]["run"]) > runs[-1]:
-        runs, scores = [*runs, int(rows[-1]["run"])], [*scores, scores[-1]]
-    return runs, scores
-
-
-def progress_figure(rows: list[dict], holdout: list[dict]) -> Figure:
-    """The night at a glance: val strict F1 per run, keeps, the running best, failures and holdout scores.
-
-    Scatter collections carry gids ("discarded", "kept", "failed", "holdout") so tests can count points.
-    """
-    figure = Figure(figsize=(10, 5.5), layout="constrained")
-    axes = figure.add_subplot()
-    runs, scores = _runs_where(rows, lambda row: row["status"] not in KEPT_STATUSES)
-    if runs:
-        axes.scatter(runs, scores, color="0.6", s=22, label="run (val)", gid="discarded", zorder=2)
-    runs, scores = _runs_where(rows, lambda row: row["status"] in KEPT_STATUSES)
-    if runs:
-        axes.scatter(runs, scores, color="red", s=36, label="baseline / keep (val)", gid="kept", zorder=3)
-        axes.step(*_running_best(rows), where="post", color="red", alpha=0.6, label="best so far")
-    failed = [int(row["run"]) for row in rows if row["status"] in FAILED_STATUSES]
-    if failed:
-        # Failures have no score: pin them to the bottom edge, whatever the y range.
-        axes.scatter(failed, [0.02] * len(failed), transform=axes.get_xaxis_transform(), marker="x",
-                     color="red", s=40, label="crash / timeout", gid="failed", clip_on=False, zorder=3)
-    scored_holdout = {str(entry["run"]): holdout_entry(holdout, entry["run"]) for entry in holdout}
-    if scored_holdout:
-        axes.scatter([int(run) for run in scored_holdout],
-                     [float(entry["strict_f1"]) for entry in scored_holdout.values()],
-                     marker="D", color="tab:blue", s=36, label="holdout (blind)", gid="holdout", zorder=4)
-    tag = tag_of(rows)
-    axes.set_title(f"autoresearch/{tag}: strict F1 by run" if tag else "strict F1 by run")
-    axes.set_xlabel("run")
-    axes.set_ylabel("strict F1")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.grid(alpha=0.3)
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(loc="best")
-    return figure
-
-
-def plot_progress(rows: list[dict], holdout: list[dict], path: Path | str) -> Path:
-    """Write progress.png (no display needed: the figure is drawn by Agg without pyplot)."""
-    path = Path(path)
-    progress_figure(rows, holdout).savefig(path, dpi=120)
-    return path
+def build_report(repo: Path, tag: str | None = None) -> Report:
+    """Everything the morning report says about night `tag` (default: the latest), as plain data."""
+    repo = Path(repo)
+    tag = tag or latest_tag(repo)
+    if tag is None:
+        raise ReportError(f"{repo / 'results.tsv'}: no runs yet; start a night with `python agent_loop.py`")
+    ws = Workspace(repo, tag)
+    records = read_night_records(ws)
+    if not records:
+        raise ReportError(f"{ws.results_file()}: no runs yet in night {tag}")
+    night = ws.night()
+    baseline, best = state.baseline_record(records), state.best_record(records)
+    planned = int(night.get("trials") or (baseline.trials if baseline else 1) or 1)
+    full_trials = 1 if night.get("policy") == "monotonic" else planned
+    gold, floor = holdout_gold(repo), noise_floor(repo, night)
+    entries = holdout_entries(repo, tag, gold)
+    comparisons = trust.compare(best, baseline, entries, list(records[0].per_type))
+    calibration = [float(score) for score in read_json(ws.tag_dir / "calibration.json").get("scores") or []]
+    noise = trust.night_noise(records, full_trials, calibration, floor) if baseline else None
+    interval, holdout_missing = holdout_interval(repo, ws, gold, best, baseline, entries)
+    reopened = state.reopened_directions(read_text(repo / PROGRAM_FILE, default=""))
+    closed = state.closed_directions(records, night.get("close_after", DEFAULT_CLOSE_AFTER), reopened, full_trials)
+    report = Report(
+        tag=tag, night=night, unit="fold" if night.get("eval") == "cv" or records[0].folds else "seed",
+        full_trials=full_trials, records=records, summary=summarise(ws, records, night, full_trials),
+        baseline=baseline, best=best, comparisons=comparisons,
+        trust=trust.assess(best, baseline, records, noise, interval, comparisons[0].holdout_gain, holdout_missing),
+        directions=direction_rows(records, full_trials, closed), kept=kept_changes(records), holdout=entries,
+        agents=agent_rows(repo, gold),
+        consensus=[consensus_result(path) for path in sorted(ws.tag_dir.glob("*/consensus/summary.json"))
+                   if path.parent.parent.name.isdigit()])
+    report.alerts = alerts(report, floor)
+    return report
