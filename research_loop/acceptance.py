@@ -1,9 +1,12 @@
-"""Acceptance policies: after each seed of a run, say whether to run another seed, keep, or discard.
+"""Acceptance policies: which trials (seeds, or CV folds) a run needs next, and then keep or discard.
 
-The loop asks `policy.decide(scores, standing)` with the strict F1 of every seed run so far (none yet at
-the start of a run). `Monotonic` is the seeds' rule (one seed, keep when better); `Confirm` (the default)
-screens on one seed, confirms on K, and keeps only a mean gain larger than the measured seed noise allows.
-bench/acceptance_sim.py measures both: false accepts under a null agent, power, GPU runs.
+A run's trials are planned by the night (`TrialKey`s: (seed, fold)); trial j of a candidate is paired with
+trial j of the best. `Monotonic` is the seeds' rule (one trial, keep when better). `Confirm` (the default)
+screens on the first trial (a candidate not ahead of the best there is discarded after one run), runs the
+others (all at once, when there are workers), and keeps the candidate only when its gain beats a margin set
+by the night's measured noise: paired, a one-sided z test on the mean per-trial difference; unpaired, on
+the difference of means. The noise can never be zero: its floor is one gold span's worth of F1 on one
+trial's scored rows. bench/acceptance_sim.py measures the policies: false keeps, power, runs per proposal.
 """
 
 from __future__ import annotations
@@ -14,116 +17,165 @@ from statistics import NormalDist, mean
 from typing import Protocol
 
 POWER = 0.8  # the detection probability "smallest detectable gain" refers to
+MIN_PAIRED_DF = 4  # measured paired noise replaces the prior once it has this many degrees of freedom
+TrialKey = tuple[int, int | None]  # (seed, fold)
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The sd the margin is built from (of one trial's score, or of one paired difference) and its origin."""
+
+    sd: float
+    df: int
+    floor: float
+    source: str  # e.g. "measured on 12 paired differences", "prior", "floor"
+
+    def describe(self) -> str:
+        return f"{self.sd:.4f} ({self.source}; floor {self.floor:.4f})"
 
 
 @dataclass(frozen=True)
 class Standing:
-    """What a run is compared with: the seed scores of the best run and of the baseline (None before)."""
+    """What a run is compared with: the best run's per-trial scores, and the night's noise."""
 
-    best_scores: list[float] | None = None
-    baseline_scores: list[float] | None = None
-    noise_sd: float | None = None  # pooled seed-to-seed sd of strict F1 measured so far (see pooled_noise)
-    noise_df: int = 0  # its degrees of freedom
+    best: dict[TrialKey, float] | None = None
+    noise: Noise | None = None
 
 
 @dataclass(frozen=True)
 class Verdict:
-    action: str  # "run" (another seed: `seed`), "keep" or "discard"
-    seed: int | None = None
+    action: str  # "run" (the trials in `run`), "keep" or "discard"
+    run: tuple[int, ...] = ()
     reason: str = ""
 
 
 class AcceptancePolicy(Protocol):
     name: str
+    trials: int  # trials a confirmed run (and the baseline) gets
 
-    def decide(self, scores: list[float], standing: Standing) -> Verdict: ...
+    def decide(self, scores: dict[int, float], keys: list[TrialKey], standing: Standing) -> Verdict: ...
+
+
+def _mean_best(standing: Standing) -> float:
+    return mean(standing.best.values())
 
 
 @dataclass(frozen=True)
 class Monotonic:
-    """One seed per run; keep when its strict F1 on val beats the best so far (the baseline is kept)."""
+    """One trial per run; keep when its strict F1 beats the best's mean (the baseline is kept)."""
 
-    seed: int = 42
     name: str = "monotonic"
+    trials: int = 1
 
-    def decide(self, scores: list[float], standing: Standing) -> Verdict:
-        if not scores:
-            return Verdict("run", seed=self.seed)
-        if standing.best_scores is None:
+    def decide(self, scores: dict[int, float], keys: list[TrialKey], standing: Standing) -> Verdict:
+        if 0 not in scores:
+            return Verdict("run", (0,))
+        if standing.best is None:
             return Verdict("keep", reason="baseline")
-        best = mean(standing.best_scores)
+        best = _mean_best(standing)
         if scores[0] > best:
             return Verdict("keep", reason=f"{scores[0]:.4f} > best {best:.4f}")
         return Verdict("discard", reason=f"{scores[0]:.4f} <= best {best:.4f}")
 
 
-def pooled_noise(score_lists: list[list[float]]) -> tuple[float | None, int]:
-    """Pooled within-run sd of strict F1 over runs with two or more seeds, and its degrees of freedom.
+@dataclass(frozen=True)
+class Confirm:
+    """Screen on trial 1, confirm on all `trials`, keep only a gain beyond z(1 - alpha) standard errors."""
 
-    Pass only seeds that were not selected on: the baseline's and calibration's seeds, and a confirmed
-    candidate's seeds after the first (its first seed passed a screen, so it is biased upwards)."""
+    trials: int = 3
+    min_delta: float = 0.0
+    alpha: float = 0.01
+    paired: bool = True
+    name: str = "confirm"
+
+    def margin(self, n: int, n_best: int, sd: float) -> float:
+        """The smallest gain that counts for means over n (and n_best) trials."""
+        z = NormalDist().inv_cdf(1 - self.alpha)
+        spread = sd / math.sqrt(n) if self.paired else sd * math.sqrt(1 / n + 1 / n_best)
+        return max(self.min_delta, z * spread)
+
+    def detectable_gain(self, sd: float) -> float:
+        """The true gain this policy keeps with probability POWER (the screen aside)."""
+        k = self.trials
+        spread = sd / math.sqrt(k) if self.paired else sd * math.sqrt(2 / k)
+        return self.margin(k, k, sd) + NormalDist().inv_cdf(POWER) * spread
+
+    def decide(self, scores: dict[int, float], keys: list[TrialKey], standing: Standing) -> Verdict:
+        planned = min(self.trials, len(keys))
+        missing = tuple(index for index in range(planned) if index not in scores)
+        if standing.best is None:  # the baseline: every trial, to measure the noise
+            return Verdict("run", missing) if missing else Verdict("keep", reason=f"baseline over {planned} trials")
+        if 0 not in scores:
+            return Verdict("run", (0,))
+        first_best = standing.best.get(keys[0])
+        if first_best is None:
+            raise ValueError(f"the best run has no score for trial {keys[0]}")
+        if scores[0] <= first_best:
+            return Verdict("discard", reason=f"{_label(keys[0])}: {scores[0]:.4f} <= best {first_best:.4f}")
+        if missing:
+            return Verdict("run", missing)
+        if self.paired:
+            differences = [scores[index] - standing.best[keys[index]] for index in range(planned)]
+            gain = mean(differences)
+            what = f"mean paired gain {gain:+.4f}"
+        else:
+            gain = mean(scores[index] for index in range(planned)) - _mean_best(standing)
+            what = f"mean gain {gain:+.4f}"
+        margin = self.margin(planned, len(standing.best), standing.noise.sd)
+        verdict = "keep" if gain > margin else "discard"
+        sign = ">" if verdict == "keep" else "<="
+        return Verdict(verdict, reason=f"{what} {sign} margin {margin:.4f} over {planned} trials")
+
+
+def _label(key: TrialKey) -> str:
+    seed, fold = key
+    return f"fold {fold}" if fold is not None else f"seed {seed}"
+
+
+def pooled_sd(groups: list[list[float]]) -> tuple[float | None, int]:
+    """Pooled within-group sd over groups of two or more values, and its degrees of freedom."""
     squares, df = 0.0, 0
-    for scores in score_lists:
-        if len(scores) >= 2:
-            centre = mean(scores)
-            squares += sum((score - centre) ** 2 for score in scores)
-            df += len(scores) - 1
+    for values in groups:
+        if len(values) >= 2:
+            centre = mean(values)
+            squares += sum((value - centre) ** 2 for value in values)
+            df += len(values) - 1
     return (math.sqrt(squares / df), df) if df else (None, 0)
 
 
-@dataclass(frozen=True)
-class Confirm:
-    """Screen on one seed, confirm on K. A candidate not ahead of the best on the first seed is discarded
-    after that one run; one that is ahead runs the other seeds and is kept only when its mean beats the
-    best's mean by z(1 - alpha) standard errors of the difference, with the night's pooled seed noise
-    (never by less than `min_delta`). The baseline runs all K seeds: it measures the noise floor.
+def estimate_noise(policy: AcceptancePolicy, baseline: list[float], confirmed_scores: list[list[float]],
+                   confirmed_differences: list[list[float]], calibration: list[float], floor: float) -> Noise:
+    """The night's noise for the policy's comparisons.
 
-    alpha = 0.01 keeps false accepts near 0.4 per 100-proposal night in simulation (bench/acceptance_sim.py),
-    against about 4 for Monotonic, while a true +0.03 gain is kept ~80% of the time at a seed sd of 0.01."""
-
-    seeds: tuple[int, ...] = (42, 43, 44)
-    min_delta: float = 0.0
-    alpha: float = 0.01
-    name: str = "confirm"
-
-    def margin(self, n_candidate: int, n_best: int, noise_sd: float | None) -> float:
-        """The smallest mean gain that counts, for means over these numbers of seeds."""
-        if not noise_sd:
-            return self.min_delta
-        z = NormalDist().inv_cdf(1 - self.alpha)
-        return max(self.min_delta, z * noise_sd * math.sqrt(1 / n_candidate + 1 / n_best))
-
-    def detectable_gain(self, noise_sd: float) -> float:
-        """The true gain this policy keeps with probability POWER (K seeds against K), for calibrate."""
-        k = len(self.seeds)
-        z_power = NormalDist().inv_cdf(POWER)
-        return self.margin(k, k, noise_sd) + z_power * noise_sd * math.sqrt(2 / k)
-
-    def decide(self, scores: list[float], standing: Standing) -> Verdict:
-        done = len(scores)
-        if standing.best_scores is None:
-            if done < len(self.seeds):
-                return Verdict("run", seed=self.seeds[done])
-            return Verdict("keep", reason=f"baseline over {done} seeds")
-        if done == 0:
-            return Verdict("run", seed=self.seeds[0])
-        best = standing.best_scores
-        if done == 1 and scores[0] <= best[0]:
-            return Verdict("discard", reason=f"seed {self.seeds[0]}: {scores[0]:.4f} <= best {best[0]:.4f}")
-        if done < len(self.seeds):
-            return Verdict("run", seed=self.seeds[done])
-        gain, margin = mean(scores) - mean(best), self.margin(done, len(best), standing.noise_sd)
-        if gain > margin:
-            return Verdict("keep", reason=f"mean gain {gain:+.4f} > margin {margin:.4f} over {done} seeds")
-        return Verdict("discard", reason=f"mean gain {gain:+.4f} <= margin {margin:.4f} over {done} seeds")
+    Unpaired: the pooled sd of trial scores within a run (calibration, the baseline, and confirmed runs'
+    trials after the first: the first passed a screen, so it is biased upwards). Paired: the pooled sd of
+    confirmed runs' paired differences (again without the first); until that has MIN_PAIRED_DF degrees of
+    freedom, the prior sqrt(2) x the unpaired sd, which assumes no help from pairing. Never below `floor`."""
+    unpaired, unpaired_df = pooled_sd([calibration, baseline, *(scores[1:] for scores in confirmed_scores)])
+    paired = getattr(policy, "paired", False)
+    if paired:
+        measured, df = pooled_sd([differences[1:] for differences in confirmed_differences])
+        if measured is not None and df >= MIN_PAIRED_DF:
+            sd, source = measured, f"measured on {df} degrees of freedom of paired differences"
+        elif unpaired is not None:
+            sd, df, source = math.sqrt(2) * unpaired, unpaired_df, "prior: sqrt(2) x the seed sd, until pairs are measured"
+        else:
+            sd, df, source = 0.0, 0, "not measured yet"
+    else:
+        sd, df = unpaired or 0.0, unpaired_df
+        source = f"measured on {df} degrees of freedom" if unpaired is not None else "not measured yet"
+    if sd < floor:
+        return Noise(floor, df, floor, f"floor: one gold span of a trial's rows (measured {sd:.4f})")
+    return Noise(sd, df, floor, source)
 
 
-def make_policy(name: str, seeds: int = 3, min_delta: float = 0.0, first_seed: int = 42) -> AcceptancePolicy:
-    """The policy for --policy / --seeds / --min-delta."""
+def make_policy(name: str, trials: int = 3, min_delta: float = 0.0, alpha: float = 0.01,
+                paired: bool = True) -> AcceptancePolicy:
+    """The policy for --policy / --seeds (or --folds) / --min-delta."""
     if name == "monotonic":
-        return Monotonic(seed=first_seed)
+        return Monotonic()
     if name == "confirm":
-        if seeds < 2:
-            raise ValueError("--policy confirm needs --seeds 2 or more")
-        return Confirm(seeds=tuple(range(first_seed, first_seed + seeds)), min_delta=min_delta)
+        if trials < 2:
+            raise ValueError("--policy confirm needs 2 or more seeds (or folds)")
+        return Confirm(trials=trials, min_delta=min_delta, alpha=alpha, paired=paired)
     raise ValueError(f"unknown policy {name!r}: choose monotonic or confirm")

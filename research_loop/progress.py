@@ -1,8 +1,9 @@
-"""The live display: current run and its elapsed time, best so far, counts, cost. On a terminal it is a
-rich Live panel; elsewhere (nohup, tests) it prints one plain line per finished run."""
+"""The live display: what the loop and its workers are doing, the best so far, counts, cost. On a terminal
+it is a rich Live panel; elsewhere (nohup, tests) it prints one plain line per finished run and per note."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from rich.console import Console
@@ -10,21 +11,28 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from .records import RunRecord
+from .state import score_text
+
 
 class Progress:
-    """What the loop is doing now; render() is called by rich's refresh thread, so elapsed time ticks."""
+    """render() runs on rich's refresh thread, so the elapsed times tick; updates come from the loop."""
 
-    def __init__(self, tag: str, enabled: bool = True, console: Console | None = None):
+    def __init__(self, tag: str, enabled: bool = True, console: Console | None = None, unit: str = "seed"):
         self.console = console or Console()
-        self.tag = tag
+        self.tag, self.unit = tag, unit
         self.live = enabled and self.console.is_terminal
         self.quiet = not enabled
         self.activity = "starting"
         self.activity_since = time.monotonic()
         self.best = "-"
         self.counts = {"runs": 0, "keeps": 0, "crashes": 0}
-        self.cost_usd = 0.0
+        self.cost = "$0.00"
         self.message = ""
+        self.flight: list[tuple[str, float]] = []  # (what, since) per job in flight
+        self.queued = 0
+        self.utilisation = ""
+        self.lock = threading.Lock()
         self._live: Live | None = None
 
     def __enter__(self):
@@ -39,16 +47,23 @@ class Progress:
             self._live = None
 
     def __rich__(self) -> Table:
-        # Text objects, not markup strings: run descriptions contain brackets, and rich re-renders this
-        # panel inside console.print calls made with markup off.
-        elapsed = time.monotonic() - self.activity_since
+        # Text objects, not markup: run descriptions contain brackets.
+        now = time.monotonic()
         table = Table.grid(padding=(0, 2))
         table.add_row(Text("autoresearch", style="bold"), Text(self.tag))
-        table.add_row(Text("now"), Text.assemble(self.activity, "  ", (f"{elapsed:,.0f} s", "dim")))
+        table.add_row(Text("loop"), Text.assemble(self.activity, "  ", (f"{now - self.activity_since:,.0f} s", "dim")))
+        with self.lock:
+            for what, since in self.flight:
+                table.add_row(Text("training"), Text.assemble(what, "  ", (f"{now - since:,.0f} s", "dim")))
+            queued, utilisation = self.queued, self.utilisation
+        if queued:
+            table.add_row(Text("queued"), Text(f"{queued} proposal{'s' if queued != 1 else ''}"))
         table.add_row(Text("best"), Text(self.best))
         runs = f"{self.counts['runs']} (keeps {self.counts['keeps']}, crashes {self.counts['crashes']})"
         table.add_row(Text("runs"), Text(runs))
-        table.add_row(Text("cost"), Text(f"${self.cost_usd:.2f}"))
+        if utilisation:
+            table.add_row(Text("workers"), Text(utilisation))
+        table.add_row(Text("cost"), Text(self.cost))
         if self.message:
             table.add_row(Text("note"), Text(self.message))
         return table
@@ -56,21 +71,28 @@ class Progress:
     def doing(self, activity: str) -> None:
         self.activity, self.activity_since = activity, time.monotonic()
 
+    def in_flight(self, jobs: list[tuple[str, float]], queued: int, utilisation: str) -> None:
+        with self.lock:
+            self.flight, self.queued, self.utilisation = jobs, queued, utilisation
+
     def note(self, message: str) -> None:
-        """Something the human should see now (stop requested, agent retrying, ...)."""
+        """Something the human should see now (stop requested, agent retrying, a restored file, ...)."""
         self.message = message
         if not self.quiet:
             self.console.print(message, highlight=False, markup=False, soft_wrap=True)
 
-    def finished(self, row: dict, best: str, cost_usd: float) -> None:
-        """A row was appended: update the counts; off a terminal, print it as one line."""
+    def set_best(self, record: RunRecord | None) -> None:
+        self.best = f"run {record.run}: strict F1 {score_text(record, self.unit)}" if record else "-"
+
+    def finished(self, record: RunRecord, best: RunRecord | None, cost: str, unsandboxed: bool = False) -> None:
+        """A row was appended: update the counts; print it as one line."""
         self.counts["runs"] += 1
-        self.counts["keeps"] += row["status"] == "keep"
-        self.counts["crashes"] += row["status"] in ("crash", "timeout")
-        self.best, self.cost_usd = best, cost_usd
-        score = f" strict F1 {float(row['strict_f1']):.4f}" if row.get("strict_f1") not in (None, "") else ""
-        line = f"run {row['run']}: {row['status']}{score} [{row.get('direction') or '-'}] {row.get('description', '')}"
-        if row.get("note"):
-            line += f" ({row['note']})"
+        self.counts["keeps"] += record.status.value == "keep"
+        self.counts["crashes"] += record.status.failed
+        self.set_best(best)
+        self.cost = cost
+        score = f" strict F1 {score_text(record, self.unit)}" if record.strict_f1 is not None and record.status.scored else ""
+        line = (f"run {record.run}: {record.status}{score} [{record.direction or '-'}] {record.description}"
+                + (f" ({record.note})" if record.note else "") + (" UNSANDBOXED" if unsandboxed else ""))
         if not self.quiet:
-            self.console.print(line, highlight=False, markup=False, soft_wrap=True)  # above a live panel
+            self.console.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -6,6 +6,7 @@ Run as a script, it drives run_loop with a scripted agent in a separate process 
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import subprocess
@@ -13,13 +14,50 @@ import sys
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("prepare.py", "evaluate.py", "train.py", "program.md", "agent_loop.py", "pyproject.toml",
-                 ".gitignore", "research_loop", "data/README.md")
+PROJECT_FILES = (
+    "prepare.py",
+    "evaluate.py",
+    "train.py",
+    "program.md",
+    "agent_loop.py",
+    "pyproject.toml",
+    ".gitignore",
+    "research_loop",
+    "data/README.md",
+)
 
-# A stand-in for train.py that runs in well under a second: it predicts the gold tags of the first QUALITY
-# share of val rows (O elsewhere), so strict F1 rises with QUALITY. ACTION makes it misbehave on purpose.
-# With PREDICT_TEST = True it also writes pred_test.csv (with prepare.py's writer, as train.py does) when
-# DATA/test.jsonl exists: the first token of the first QUALITY share of test rows is tagged, the rest O.
+# A stand-in for train.py that runs in well under a second. It never sees val tags (the sandbox's data view
+# has none): it tags the first QUALITY share of val rows with a lexicon learned from train (words seen mostly
+# inside spans, with their type), and O elsewhere, so strict F1 rises with QUALITY. ACTION makes it misbehave
+# on purpose. With PREDICT_TEST = True it also writes pred_test.csv (with prepare.py's writer, as train.py
+# does) when DATA/test.jsonl exists: the first token of the first QUALITY share of test rows is tagged.
+
+
+def lexicon_tags(train_rows: list, tokens: list) -> list:
+    """Words that were inside a span at least half of the times they occur in train, tagged with their most
+    frequent type (B- at a span's start, I- after a word of the same type); O elsewhere."""
+    inside, total = {}, {}
+    for row in train_rows:
+        for token, tag in zip(row["tokens"], row["tags"]):
+            word = token.lower()
+            total[word] = total.get(word, 0) + 1
+            if tag != "O":
+                inside.setdefault(word, {})
+                inside[word][tag[2:]] = inside[word].get(tag[2:], 0) + 1
+    tags, previous = [], "O"
+    for token in tokens:
+        types = inside.get(token.lower(), {})
+        kind = (
+            max(sorted(types), key=types.get)
+            if types and 2 * sum(types.values()) >= total[token.lower()]
+            else None
+        )
+        tag = "O" if kind is None else ("I-" if previous[2:] == kind else "B-") + kind
+        tags.append(tag)
+        previous = tag
+    return tags
+
+
 FAKE_TRAIN_PY = '''"""Fake train.py for the loop tests."""
 
 import argparse
@@ -31,13 +69,14 @@ import sys
 import time
 from pathlib import Path
 
-QUALITY = 0.5  # share of val rows predicted with their gold tags
+QUALITY = 0.5  # share of val rows tagged with the train lexicon
 LEARNING_RATE = 3e-05  # only moves the fake score a little (for the builtin agent)
 WEIGHT_DECAY = 0.01  # only moves the fake score a little
 SCHEDULE = "cosine"  # only moves the fake score a little
-ACTION = ""  # crash | oom | grandchild | hang_first_attempt | tamper | stop | nopred | badpred
+ACTION = ""  # crash | oom | grandchild | hang_until:<unix time> | tamper | nopred | badpred
 SLEEP_S = 0.0  # seconds to sleep before predicting
 PREDICT_TEST = False  # also write pred_test.csv when data/test.jsonl exists
+TAMPER_TARGET = "evaluate.py"  # what ACTION tamper appends to (the repository's file, given as a full path)
 
 
 def main():
@@ -59,23 +98,22 @@ def main():
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         (args.out / "grandchild.pid").write_text(str(child.pid))
         time.sleep(600)
-    if ACTION == "hang_first_attempt" and (args.out / "attempts").read_text().strip() == "1":
-        time.sleep(600)
+    if ACTION.startswith("hang_until:"):
+        time.sleep(max(0.0, float(ACTION.split(":")[1]) - time.time()))
     if ACTION == "tamper":
-        with open("evaluate.py", "a") as file:
+        with open(TAMPER_TARGET, "a") as file:
             file.write("\\n# tampered\\n")
-    if ACTION == "stop":
-        Path("STOP").write_text("")
     time.sleep(args.sleep)
     if ACTION == "nopred":
         return
     rows = [json.loads(line) for line in open(args.data / "val.jsonl", encoding="utf-8")]
+    train_rows = [json.loads(line) for line in open(args.data / "train.jsonl", encoding="utf-8")]
     config = repr((LEARNING_RATE, WEIGHT_DECAY, SCHEDULE)).encode()
     quality = QUALITY + (int(hashlib.md5(config).hexdigest(), 16) % 11 - 5) / 100
     keep = int(quality * len(rows))
     with open(args.out / "pred_val.jsonl", "w", encoding="utf-8") as file:
         for index, row in enumerate(rows):
-            tags = row["tags"] if index < keep else ["O"] * len(row["tags"])
+            tags = lexicon_tags(train_rows, row["tokens"]) if index < keep else ["O"] * len(row["tokens"])
             if ACTION == "badpred":
                 tags = tags[:-1]
             file.write(json.dumps({"id": row["id"], "tags": tags}) + "\\n")
@@ -93,9 +131,12 @@ def main():
     print("peak_vram_mb: 1024.0")
 
 
+LEXICON
+
+
 if __name__ == "__main__":
     main()
-'''
+'''.replace("LEXICON", inspect.getsource(lexicon_tags).rstrip())
 
 # The fake made seed-dependent (for calibrate): --seed s moves QUALITY by (s % 5 - 2) / 50, so the loop's
 # seeds 42, 43, 44 predict the gold tags of 0, 2 and 4 more percent of the val rows.
@@ -119,7 +160,10 @@ def alive(pid: int) -> bool:
 
 
 def make_repo(root: Path, data_dir: Path, train_py: str | None = FAKE_TRAIN_PY) -> Path:
-    """A committed git repository with the project's files, prepared data, and (by default) the fake train.py."""
+    """A committed git repository with the project's files, prepared data (stamped as prepare.py would), and
+    (by default) the fake train.py."""
+    import prepare
+
     repo = root / "repo"
     repo.mkdir()
     for name in PROJECT_FILES:
@@ -129,8 +173,8 @@ def make_repo(root: Path, data_dir: Path, train_py: str | None = FAKE_TRAIN_PY) 
         elif source.is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, repo / name)
-    for path in data_dir.iterdir():
-        shutil.copy2(path, repo / "data" / path.name)
+    shutil.copytree(data_dir, repo / "data", dirs_exist_ok=True)
+    prepare.write_prepared_stamp(repo / "data", repo / "data" / "manifest.json")
     if train_py is not None:
         (repo / "train.py").write_text(train_py)
     git(repo, "init", "-q", "-b", "main")
@@ -142,17 +186,22 @@ def make_repo(root: Path, data_dir: Path, train_py: str | None = FAKE_TRAIN_PY) 
 
 
 def data_without_test_rows(prepared: Path, target: Path) -> Path:
-    """A copy of the prepared data minus test.jsonl: predicting its 578 long rows takes minutes on a CPU."""
-    target.mkdir()
-    for path in prepared.iterdir():
-        if path.name != "test.jsonl":
-            shutil.copy2(path, target / path.name)
+    """A copy of the prepared data minus test.jsonl (its manifest entry too): predicting its 578 long rows
+    takes minutes on a CPU."""
+    import json
+
+    shutil.copytree(prepared, target)
+    (target / "test.jsonl").unlink(missing_ok=True)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["files"].pop("test.jsonl", None)
+    manifest.get("splits", {}).pop("test", None)
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return target
 
 
 def set_constant(train_py: str, name: str, value) -> str:
     sys.path.insert(0, str(PROJECT))
-    from research_loop.builtin_agent import set_constant as rewrite
+    from research_loop.config_block import set_constant as rewrite
 
     return rewrite(train_py, name, value)
 
@@ -176,14 +225,19 @@ class ScriptedAgent:
         if isinstance(step, str):
             return Proposal(train_py=step, hypothesis="a whole new train.py", direction="rewrite")
         name, value = step
-        return Proposal(train_py=set_constant(context.train_py, name, value),
-                        hypothesis=f"{name} = {value!r}", direction=name.lower())
+        return Proposal(
+            train_py=set_constant(context.train_py, name, value),
+            hypothesis=f"{name} = {value!r}",
+            direction=name.lower(),
+        )
 
 
 def results(repo: Path) -> list[dict]:
-    from research_loop.ledger import read_rows
+    """results.tsv's rows as cell dicts (what a user opening the file sees)."""
+    from research_loop.ledger import parse
 
-    return read_rows(repo / "results.tsv")
+    path = repo / "results.tsv"
+    return parse(path.read_bytes())[1] if path.is_file() else []
 
 
 def branch_runs(repo: Path, tag: str) -> list[int]:
@@ -192,15 +246,63 @@ def branch_runs(repo: Path, tag: str) -> list[int]:
     return sorted(int(line) for line in log.split() if line.strip())
 
 
-def drive(repo: Path, tag: str, script: list, max_runs: int) -> None:
-    """Run the loop with a ScriptedAgent in this process (the script entry point)."""
+def loop_config(repo: Path, tag: str, **overrides):
+    """The loop settings the tests share: fast kills, no live panel, one proposal at a time."""
     sys.path.insert(0, str(PROJECT))
-    from research_loop.loop import LoopConfig, run_loop
+    from research_loop.loop import LoopConfig
 
-    config = LoopConfig(repo=repo, tag=tag, max_runs=max_runs, timeout_s=60, kill_grace_s=1, progress=False)
-    summary = run_loop(config, ScriptedAgent(script))
+    settings = {
+        "repo": repo,
+        "tag": tag,
+        "timeout_s": 60,
+        "kill_grace_s": 1,
+        "progress": False,
+        "lookahead": 0,
+        "agent_retry_s": 0.01,
+        "sandbox": "auto",
+    }
+    settings = {**settings, **overrides}
+    settings.setdefault("allow_unsandboxed", settings["sandbox"] == "none")
+    return LoopConfig(**settings)
+
+
+def drive(repo: Path, tag: str, script: list, max_runs: int, overrides: dict | None = None) -> None:
+    """Run the loop with a ScriptedAgent in this process (the script entry point)."""
+    from research_loop.loop import run_loop
+
+    summary = run_loop(loop_config(repo, tag, max_runs=max_runs, **(overrides or {})), ScriptedAgent(script))
     print(json.dumps({"stop_reason": summary.stop_reason, "runs": summary.runs}))
 
 
 if __name__ == "__main__":
-    drive(Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]))
+    drive(
+        Path(sys.argv[1]),
+        sys.argv[2],
+        json.loads(sys.argv[3]),
+        int(sys.argv[4]),
+        json.loads(sys.argv[5]) if len(sys.argv) > 5 else None,
+    )
+
+
+def expected_strict_f1(repo: Path, quality: float) -> float:
+    """The strict F1 the fake train.py gets at this effective quality, computed here from the same lexicon
+    and the real val gold with the fixed scorer."""
+    sys.path.insert(0, str(PROJECT))
+    from evaluate import score
+
+    read = lambda name: [json.loads(line) for line in (repo / "data" / name).read_text().splitlines() if line]
+    train_rows, val_rows = read("train.jsonl"), read("val.jsonl")
+    keep = int(quality * len(val_rows))
+    predicted = [
+        lexicon_tags(train_rows, row["tokens"]) if index < keep else ["O"] * len(row["tokens"])
+        for index, row in enumerate(val_rows)
+    ]
+    return score([row["tags"] for row in val_rows], predicted)["strict"]["f1"]
+
+
+def fake_quality(quality: float, learning_rate=3e-05, weight_decay=0.01, schedule="cosine") -> float:
+    """The fake's effective quality: QUALITY moved a little by its three other constants."""
+    import hashlib
+
+    config_bytes = repr((learning_rate, weight_decay, schedule)).encode()
+    return quality + (int(hashlib.md5(config_bytes).hexdigest(), 16) % 11 - 5) / 100

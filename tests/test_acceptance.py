@@ -1,94 +1,141 @@
-"""Acceptance policies on scripted score sequences, and the night-level rules built on them: the noise
-floor, closed directions, the blind holdout, and a null agent's night under confirm versus monotonic."""
+"""Acceptance policies on scripted scores (paired and unpaired, the noise floor), and the night-level rules
+built on them: closed directions, the blind holdout, a null agent's night under confirm and monotonic."""
 
 import json
 import math
 from statistics import mean, stdev
 
 import pytest
-from loop_helpers import FAKE_TRAIN_PY, ScriptedAgent, make_repo, results
+from loop_helpers import FAKE_TRAIN_PY, ScriptedAgent, loop_config, make_repo, results
 
 from research_loop import holdout
-from research_loop.acceptance import Confirm, Monotonic, Standing, make_policy, pooled_noise
-from research_loop.agent_tools import ToolSession
-from research_loop.builtin_agent import NullAgent
-from research_loop.loop import LoopConfig, run_dir, run_loop
+from research_loop.acceptance import Confirm, Monotonic, Standing, estimate_noise, make_policy, pooled_sd
+from research_loop.agents.builtin_agent import NullAgent
+from research_loop.agents.tools import ToolSession
+from research_loop.loop import run_loop
 
 Z_99 = 2.3263478740408408  # one-sided 1% normal quantile, from tables
 Z_80 = 0.8416212335729143  # 80% normal quantile, from tables
 TAG = "t"
+KEYS = [(42, None), (43, None), (44, None)]
+FOLD_KEYS = [(42, 0), (42, 1), (42, 2)]
+
+
+def standing(best, sd=0.01, keys=KEYS):
+    from research_loop.acceptance import Noise
+
+    return Standing(best=dict(zip(keys, best)), noise=Noise(sd, 10, 0.0, "test"))
+
+
+def decide(policy, scores, best, keys=KEYS, sd=0.01):
+    return policy.decide(dict(enumerate(scores)), keys, standing(best, sd, keys) if best else Standing())
 
 
 # ----- Confirm on scripted scores -----
 
 
-def test_confirm_runs_the_baseline_on_every_seed():
-    policy = Confirm(seeds=(42, 43, 44))
-    assert [policy.decide(s, Standing()).seed for s in ([], [0.5], [0.5, 0.52])] == [42, 43, 44]
-    assert policy.decide([0.5, 0.52, 0.48], Standing()).action == "keep"
+def test_confirm_runs_the_baseline_on_every_trial():
+    policy = Confirm(trials=3)
+    assert decide(policy, [], None).run == (0, 1, 2)
+    assert decide(policy, [0.5], None).run == (1, 2)
+    assert decide(policy, [0.5, 0.52, 0.48], None).action == "keep"
 
 
-def test_confirm_discards_after_one_seed_when_not_ahead_on_that_seed():
-    best = Standing(best_scores=[0.50, 0.52, 0.48], noise_sd=0.01, noise_df=2)
+def test_confirm_screens_on_the_first_trial_then_runs_the_rest_together():
+    best = [0.50, 0.52, 0.48]
     policy = Confirm()
-    assert policy.decide([], best).seed == 42
-    assert policy.decide([0.50], best).action == "discard"  # a tie is not ahead
-    assert policy.decide([0.49], best).action == "discard"
-    assert policy.decide([0.51], best).action == "run" and policy.decide([0.51], best).seed == 43
-    assert policy.decide([0.51, 0.40], best).seed == 44  # once ahead, all seeds run
+    assert decide(policy, [], best).run == (0,)
+    assert decide(policy, [0.50], best).action == "discard"  # a tie is not ahead
+    assert decide(policy, [0.49], best).action == "discard"
+    assert decide(policy, [0.51], best).run == (1, 2)  # once ahead, every other trial, side by side
 
 
-def test_confirm_keeps_only_a_mean_gain_beyond_the_noise_margin():
-    best = Standing(best_scores=[0.50, 0.52, 0.48], noise_sd=0.01, noise_df=2)
-    margin = Z_99 * 0.01 * math.sqrt(2 / 3)  # 0.0190
-    policy = Confirm()
+def test_paired_confirm_tests_the_mean_difference_against_its_own_spread():
+    best = [0.50, 0.60, 0.40]  # very different trials (folds): pairing cancels their difficulty
+    margin = Z_99 * 0.01 / math.sqrt(3)
+    policy = Confirm(paired=True)
     assert policy.margin(3, 3, 0.01) == pytest.approx(margin)
-    assert policy.decide([0.51, 0.52, 0.47 + 3 * (margin - 0.003)], best).action == "discard"  # gain: margin - .003
-    assert policy.decide([0.51, 0.53, 0.46 + 3 * (margin + 0.003)], best).action == "keep"  # gain: margin + .003
-    assert policy.decide([0.60, 0.45, 0.46], best).action == "discard"  # one lucky seed is not enough
+    below = [value + margin - 0.002 for value in best]
+    above = [value + margin + 0.002 for value in best]
+    assert decide(policy, below, best, FOLD_KEYS).action == "discard"
+    assert decide(policy, above, best, FOLD_KEYS).action == "keep"
+    assert "mean paired gain" in decide(policy, above, best, FOLD_KEYS).reason
+    assert decide(policy, [0.53, 0.58, 0.39], best, FOLD_KEYS).action == "discard"  # ahead on the first fold only
+
+
+def test_unpaired_confirm_keeps_only_a_mean_gain_beyond_the_margin():
+    best = [0.50, 0.52, 0.48]
+    margin = Z_99 * 0.01 * math.sqrt(2 / 3)
+    policy = Confirm(paired=False)
+    assert policy.margin(3, 3, 0.01) == pytest.approx(margin)
+    assert decide(policy, [0.51, 0.52, 0.47 + 3 * (margin - 0.003)], best).action == "discard"
+    assert decide(policy, [0.51, 0.53, 0.46 + 3 * (margin + 0.003)], best).action == "keep"
 
 
 def test_confirm_never_keeps_below_min_delta():
-    best = Standing(best_scores=[0.50, 0.50, 0.50], noise_sd=0.0001, noise_df=10)
     policy = Confirm(min_delta=0.02)
-    assert policy.decide([0.515, 0.515, 0.515], best).action == "discard"
-    assert policy.decide([0.525, 0.525, 0.525], best).action == "keep"
+    assert decide(policy, [0.515] * 3, [0.50] * 3, sd=0.0001).action == "discard"
+    assert decide(policy, [0.525] * 3, [0.50] * 3, sd=0.0001).action == "keep"
 
 
 def test_detectable_gain_is_the_margin_plus_the_power_quantile():
     sd = 0.012
-    expected = (Z_99 + Z_80) * sd * math.sqrt(2 / 3)
-    assert Confirm().detectable_gain(sd) == pytest.approx(expected)
+    assert Confirm(paired=False).detectable_gain(sd) == pytest.approx((Z_99 + Z_80) * sd * math.sqrt(2 / 3))
+    assert Confirm(paired=True).detectable_gain(sd) == pytest.approx((Z_99 + Z_80) * sd / math.sqrt(3))
 
 
-def test_pooled_noise_pools_within_run_variances():
+def test_pooled_sd_pools_within_group_variances():
     a, b = [0.50, 0.52, 0.48], [0.61, 0.63]
     squares = sum((x - mean(a)) ** 2 for x in a) + sum((x - mean(b)) ** 2 for x in b)
-    sd, df = pooled_noise([a, b, [0.7]])  # one-seed runs carry no noise information
+    sd, df = pooled_sd([a, b, [0.7]])  # one-value groups carry no noise information
     assert df == 3 and sd == pytest.approx(math.sqrt(squares / 3))
-    assert pooled_noise([[0.5]]) == (None, 0)
-    assert pooled_noise([a])[0] == pytest.approx(stdev(a))
+    assert pooled_sd([[0.5]]) == (None, 0)
+    assert pooled_sd([a])[0] == pytest.approx(stdev(a))
+
+
+def test_the_noise_can_never_be_zero():
+    """A baseline whose seeds all score the same (0.0 in a short run) must not make every gain a keep."""
+    floor = 1 / 78  # one gold span of val's 78
+    for paired in (True, False):
+        noise = estimate_noise(Confirm(paired=paired), [0.0, 0.0, 0.0], [], [], [], floor)
+        assert noise.sd == pytest.approx(floor) and "floor" in noise.source
+    policy = Confirm()
+    best = Standing(best=dict(zip(KEYS, [0.0, 0.0, 0.0])), noise=estimate_noise(policy, [0.0] * 3, [], [], [], floor))
+    assert policy.decide({0: 0.01, 1: 0.01, 2: 0.01}, KEYS, best).action == "discard"  # +0.01 is inside the floor
+
+
+def test_paired_noise_uses_a_conservative_prior_until_pairs_are_measured():
+    baseline = [0.50, 0.52, 0.48]
+    prior = estimate_noise(Confirm(paired=True), baseline, [], [], [], floor=0.001)
+    assert prior.sd == pytest.approx(math.sqrt(2) * stdev(baseline)) and "prior" in prior.source
+    differences = [[0.05, 0.011, 0.009], [0.04, 0.012, 0.010], [0.03, 0.008, 0.014]]  # the first pair passed a screen
+    measured = estimate_noise(Confirm(paired=True), baseline, [], differences, [], floor=0.001)
+    expected, df = pooled_sd([row[1:] for row in differences])
+    assert df == 3 and "prior" in measured.source  # 3 degrees of freedom are not enough yet
+    measured = estimate_noise(Confirm(paired=True), baseline, [], differences * 2, [], floor=0.001)
+    assert measured.sd == pytest.approx(pooled_sd([row[1:] for row in differences * 2])[0])
+    assert "measured" in measured.source
 
 
 def test_monotonic_keeps_any_improvement_and_make_policy_checks_its_options():
-    assert Monotonic().decide([0.5001], Standing(best_scores=[0.5])).action == "keep"
+    assert decide(Monotonic(), [0.5001], [0.5]).action == "keep"
     assert isinstance(make_policy("monotonic"), Monotonic)
-    assert make_policy("confirm", seeds=5).seeds == (42, 43, 44, 45, 46)
-    with pytest.raises(ValueError, match="--seeds 2 or more"):
-        make_policy("confirm", seeds=1)
+    assert make_policy("confirm", trials=5).trials == 5
+    with pytest.raises(ValueError, match="2 or more"):
+        make_policy("confirm", trials=1)
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy("bayes")
 
 
 # ----- Night-level rules, with the fast fake train.py -----
 
-# The fake plus run-to-run noise like a GPU's: each run folder and seed draws its own quality offset
-# (seeded by the folder's path relative to the repository, so the test repeats exactly on any machine),
-# and it writes all-O holdout predictions.
+# The fake plus run-to-run noise like a GPU's: every train.py text and seed draws its own quality offset
+# (seeded by the file's own text, which differs between proposals, so the test repeats exactly on any
+# machine), and it writes all-O holdout predictions.
 NOISY_FAKE_TRAIN_PY = FAKE_TRAIN_PY.replace(
     "    keep = int(quality * len(rows))\n",
     "    import random\n"
-    "    quality += random.Random(str(args.out) + str(args.seed)).gauss(0, NOISE_SD)\n"
+    "    quality += random.Random(Path(__file__).read_text() + str(args.seed)).gauss(0, NOISE_SD)\n"
     "    keep = int(quality * len(rows))\n"
     "    with open(args.out / 'pred_holdout.jsonl', 'w', encoding='utf-8') as file:\n"
     "        for line in open('data/holdout.jsonl', encoding='utf-8'):\n"
@@ -103,9 +150,7 @@ def noisy_repo(tmp_path, prepared_task7):
 
 
 def config(repo, **overrides):
-    settings = {"repo": repo, "tag": TAG, "timeout_s": 30, "kill_grace_s": 1, "progress": False,
-                "agent_retry_s": 0.01, "agent_max_failures": 1}
-    return LoopConfig(**{**settings, **overrides})
+    return loop_config(repo, TAG, **{"timeout_s": 30, "agent_max_failures": 1, **overrides})
 
 
 def test_a_null_night_keeps_nothing_under_confirm_but_noise_under_monotonic(tmp_path, prepared_task7):
@@ -122,7 +167,8 @@ def test_a_null_night_keeps_nothing_under_confirm_but_noise_under_monotonic(tmp_
             screened = [row for row in rows[1:] if row["seeds"] == "42"]
             assert screened, "some candidates must stop after the first seed"
             state = (repo / "CURRENT_STATE.md").read_text()
-            assert "Seed noise (sd of strict F1 between seeds)" in state
+            assert "Noise (sd of paired differences)" in state and "floor" in state
+            assert "(1 seed)" in state and "(3 seeds)" in state
     assert kept["confirm"] == 0
     assert kept["monotonic"] >= 1  # the same noise fools the one-seed rule
 
@@ -140,17 +186,17 @@ def test_a_closed_direction_goes_back_before_training_until_program_md_reopens_i
             return super().propose(context)
 
     agent = Reopener([*failing, ("QUALITY", 0.2), ("QUALITY", 0.9)])
-    run_loop(config(noisy_repo, max_runs=7, policy=Monotonic(seed=42), close_after=5), agent)
+    run_loop(config(noisy_repo, max_runs=7, close_after=5), agent)
     rows = results(noisy_repo)
     assert [row["status"] for row in rows[1:6]] == ["discard"] * 5
     assert "closed" in agent.contexts[6].feedback  # QUALITY 0.2 went back untrained ...
     assert rows[6]["status"] == "keep" and rows[6]["description"] == "QUALITY = 0.9"  # ... then reopened
-    assert not (run_dir(noisy_repo, TAG, 7)).exists()
+    assert not (noisy_repo / "runs" / TAG / "0007").exists()
 
 
 def test_a_closed_direction_shows_in_current_state_and_bounces_into_an_invalid_row(noisy_repo):
     agent = ScriptedAgent([("QUALITY", 0.1 + i / 100) for i in range(5)] + [("QUALITY", 0.2)] * 4)
-    run_loop(config(noisy_repo, max_runs=7, policy=Monotonic(seed=42), close_after=5, max_bounces=3), agent)
+    run_loop(config(noisy_repo, max_runs=7, close_after=5, max_bounces=3), agent)
     rows = results(noisy_repo)
     assert rows[6]["status"] == "invalid" and "closed" in rows[6]["note"]
     assert "| quality | 6 |" in (noisy_repo / "CURRENT_STATE.md").read_text()
@@ -160,7 +206,7 @@ def test_a_closed_direction_shows_in_current_state_and_bounces_into_an_invalid_r
 def test_holdout_scores_go_only_to_the_loop_only_file(noisy_repo, prepared_task7):
     import prepare
 
-    run_loop(config(noisy_repo, max_runs=2, policy=Monotonic(seed=42)), ScriptedAgent([("QUALITY", 0.9)]))
+    run_loop(config(noisy_repo, max_runs=2), ScriptedAgent([("QUALITY", 0.9)]))
     gold = prepare.holdout_gold_path(noisy_repo / "data")
     path = holdout.scores_path(gold, noisy_repo, TAG)
     entries = holdout.read_scores(path)

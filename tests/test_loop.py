@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,16 +16,21 @@ from loop_helpers import (
     alive,
     branch_runs,
     data_without_test_rows,
+    expected_strict_f1,
+    fake_quality,
     git,
+    loop_config,
     make_repo,
     results,
+    set_constant,
 )
 
-from evaluate import read_tags, spans
-from research_loop.agents import AgentError, Proposal, Usage
-from research_loop.builtin_agent import read_config
-from research_loop.guard import sha256_of
-from research_loop.loop import LoopConfig, LoopError, LoopLock, describe_status, run_loop
+from research_loop.agents.base import AgentError, Proposal, Usage
+from research_loop.config_block import read_config
+from research_loop.integrity import sha256_of
+from research_loop.lock import LoopLock
+from research_loop.loop import LoopError, run_loop
+from research_loop.status import describe_status
 
 TAG = "t"
 
@@ -35,30 +41,12 @@ def repo(tmp_path, prepared_task7):
 
 
 def config(repo, **overrides):
-    settings = {"repo": repo, "tag": TAG, "timeout_s": 30, "kill_grace_s": 1, "progress": False,
-                "agent_retry_s": 0.01, "agent_max_failures": 1}
-    return LoopConfig(**{**settings, **overrides})
+    settings = {"timeout_s": 30, "agent_max_failures": 1}
+    return loop_config(repo, TAG, **{**settings, **overrides})
 
 
 def statuses(repo):
     return [row["status"] for row in results(repo)]
-
-
-def expected_strict_f1(repo, quality):
-    """The fake train.py tags the first int(quality * n) val rows with their gold tags and the rest O:
-    precision 1, recall = the share of gold spans in those rows (counted with the fixed scorer's spans)."""
-    gold = list(read_tags(repo / "data" / "val.jsonl").values())
-    kept = int(quality * len(gold))
-    recall = sum(len(spans(tags)) for tags in gold[:kept]) / sum(len(spans(tags)) for tags in gold)
-    return 2 * recall / (1 + recall)
-
-
-def fake_quality(quality):
-    """The fake's effective quality with its default LEARNING_RATE/WEIGHT_DECAY/SCHEDULE."""
-    import hashlib
-
-    config_bytes = repr((3e-05, 0.01, "cosine")).encode()
-    return quality + (int(hashlib.md5(config_bytes).hexdigest(), 16) % 11 - 5) / 100
 
 
 def test_keep_discard_crash_rows_and_branch(repo):
@@ -74,8 +62,10 @@ def test_keep_discard_crash_rows_and_branch(repo):
             assert float(row["strict_f1"]) == pytest.approx(expected_strict_f1(repo, fake_quality(quality)), abs=1e-6)
     assert rows[3]["strict_f1"] == "" and "boom" in rows[3]["note"]
     assert {"strict_f1_ClinicalImpacts", "strict_f1_SocialImpacts", "seed_scores", "strict_f1_sd", "seeds",
-            "cost_usd", "peak_vram_gb", "seconds", "direction", "description", "timestamp"} <= set(rows[0])
+            "cost_usd", "peak_vram_gb", "seconds", "direction", "description", "timestamp", "device", "sandbox",
+            "epochs", "workers", "parent"} <= set(rows[0])
     assert rows[1]["peak_vram_gb"] == "1.00" and rows[1]["seeds"] == "42"
+    assert rows[1]["parent"] == rows[0]["commit"] and rows[4]["parent"] == rows[1]["commit"]
 
     # The branch holds the baseline and the kept runs; every candidate stays reachable under a ref.
     assert branch_runs(repo, TAG) == [1, 4]
@@ -103,13 +93,14 @@ def test_failed_runs_are_crashes_with_the_reason(repo):
     assert branch_runs(repo, TAG) == []
 
 
-def test_timeout_kills_the_whole_process_group(repo):
+def test_timeout_kills_everything_train_py_started(repo):
     run_loop(config(repo, max_runs=2, timeout_s=3), ScriptedAgent([("ACTION", "grandchild")]))
     row = results(repo)[1]
     assert row["status"] == "timeout" and "killed after" in row["note"]
     assert 2.5 < float(row["seconds"]) < 15
-    grandchild = int((repo / "runs" / TAG / "0001" / "grandchild.pid").read_text())
-    assert not alive(grandchild)
+    # The sandbox's own PID namespace died with it: no python sleeping 600 s is left anywhere.
+    leftovers = subprocess.run(["pgrep", "-f", "time.sleep(600)"], capture_output=True, text=True).stdout.split()
+    assert leftovers == []
 
 
 def test_non_compiling_proposal_is_invalid_without_training(repo):
@@ -122,14 +113,15 @@ def test_non_compiling_proposal_is_invalid_without_training(repo):
     assert "does not compile" in agent.contexts[1].feedback
 
 
-def test_train_py_writing_a_protected_file_is_invalid_and_restored(repo):
+def test_unsandboxed_train_py_writing_a_protected_file_is_invalid_and_restored(repo):
     original = sha256_of(repo / "evaluate.py")
-    agent = ScriptedAgent([("ACTION", "tamper"), ("QUALITY", 0.7)])
-    run_loop(config(repo, max_runs=3), agent)
+    tamper = set_constant(set_constant(FAKE_TRAIN_PY, "TAMPER_TARGET", str(repo / "evaluate.py")), "ACTION", "tamper")
+    agent = ScriptedAgent([tamper, ("QUALITY", 0.7)])
+    run_loop(config(repo, max_runs=3, sandbox="none"), agent)  # without a sandbox the loop can only undo it
     rows = results(repo)
-    assert "evaluate.py (modified)" in agent.contexts[1].feedback
     assert statuses(repo) == ["baseline", "invalid", "keep"]
-    assert "evaluate.py (modified)" in rows[1]["note"]
+    assert "evaluate.py (modified)" in rows[1]["note"] and "evaluate.py (modified)" in agent.contexts[1].feedback
+    assert {row["sandbox"] for row in rows} == {"none"}
     assert sha256_of(repo / "evaluate.py") == original
     assert (repo / "runs" / TAG / "0001" / "tampered" / "evaluate.py").read_text().endswith("# tampered\n")
     assert branch_runs(repo, TAG) == [2]
@@ -169,25 +161,30 @@ def test_too_many_duplicates_make_an_invalid_row(repo):
     assert "duplicate of run 0" in results(repo)[1]["note"]
 
 
-def test_train_py_gets_no_keys_and_no_holdout_gold(repo, monkeypatch):
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+def test_train_py_gets_no_keys_no_network_and_no_holdout_gold(repo, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-0123456789abcdef")
     monkeypatch.setenv("MY_SERVICE_TOKEN", "secret")
     monkeypatch.setenv("DB_PASSWORD", "secret")
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     run_loop(config(repo, max_runs=2), ScriptedAgent([("QUALITY", 0.7)]))
-    baseline_env = json.loads((repo / "runs" / TAG / "0000" / "env.json").read_text())
-    candidate_env = json.loads((repo / "runs" / TAG / "0001" / "env.json").read_text())
-    for name in ("ANTHROPIC_API_KEY", "MY_SERVICE_TOKEN", "DB_PASSWORD", "HF_TOKEN"):
-        assert name not in baseline_env and name not in candidate_env
-    assert baseline_env["NER_AUTORESEARCH_CACHE"] != os.environ["NER_AUTORESEARCH_CACHE"]
-    assert not Path(baseline_env["NER_AUTORESEARCH_CACHE"]).exists()  # an empty dir, removed after the run
-    assert "HF_HUB_OFFLINE" not in baseline_env and candidate_env["HF_HUB_OFFLINE"] == "1"
-    assert "PATH" in candidate_env
+    for run in ("0000", "0001"):
+        env = json.loads((repo / "runs" / TAG / run / "env.json").read_text())
+        for name in ("ANTHROPIC_API_KEY", "MY_SERVICE_TOKEN", "DB_PASSWORD", "HF_TOKEN"):
+            assert name not in env
+        assert env["NER_AUTORESEARCH_CACHE"] != os.environ["NER_AUTORESEARCH_CACHE"]
+        assert env["HF_HUB_OFFLINE"] == "1" and env["HOME"] == "/tmp/home" and "PATH" in env
+    assert results(repo)[0]["sandbox"] in ("bwrap", "unshare")
 
 
 def test_stop_file_stops_after_the_current_run(repo):
-    summary = run_loop(config(repo, max_runs=10), ScriptedAgent([("ACTION", "stop"), ("QUALITY", 0.9)]))
-    assert len(results(repo)) == 2 and "STOP" in summary.stop_reason
+    class Stopper(ScriptedAgent):
+        def propose(self, context):
+            if len(self.contexts) == 1:
+                (repo / "STOP").write_text("")
+            return super().propose(context)
+
+    summary = run_loop(config(repo, max_runs=10), Stopper([("QUALITY", 0.6), ("QUALITY", 0.9)]))
+    assert len(results(repo)) == 2 and "STOP" in summary.stop_reason and summary.finished
     assert not (repo / "STOP").exists()
     assert git(repo, "status", "--porcelain") == ""
 
@@ -237,7 +234,7 @@ def test_a_second_loop_is_refused_and_status_sees_the_first(repo):
     try:
         with pytest.raises(LoopError, match=f"another loop is running .*pid {os.getpid()}"):
             run_loop(config(repo, max_runs=1), ScriptedAgent([]))
-        assert describe_status(repo)[0] == f"a loop is running (pid {os.getpid()}, tag other)"
+        assert describe_status(repo)[0] == f"a loop is running (pid {os.getpid()}, night other)"
     finally:
         lock.release()
     run_loop(config(repo, max_runs=2), ScriptedAgent([("QUALITY", 0.7)]))
@@ -256,17 +253,39 @@ def test_resume_continues_numbering_and_keeps_the_best(repo):
     assert "Run 1 (keep" in agent.contexts[0].current_state_md
 
 
+def test_null_agent_runs_comment_only_proposals_and_ties_are_discarded(repo):
+    from research_loop.agents.builtin_agent import NullAgent
+
+    run_loop(config(repo, max_runs=3, check_duplicates=False), NullAgent())
+    rows = results(repo)
+    assert statuses(repo) == ["baseline", "discard", "discard"]
+    assert rows[1]["strict_f1"] == rows[0]["strict_f1"] and rows[1]["direction"] == "null"
+    assert git(repo, "show", f"refs/autoresearch/{TAG}/run-2:train.py").endswith("# null proposal 2")
+
+
+def test_builtin_agent_stops_the_loop_when_its_search_is_exhausted(repo):
+    from research_loop.agents.builtin_agent import BuiltinAgent
+
+    agent = BuiltinAgent(["O", "B-ClinicalImpacts", "I-ClinicalImpacts"], ["ClinicalImpacts"], seed=0)
+    summary = run_loop(config(repo, max_runs=100, agent_max_failures=5), agent)
+    assert not summary.ok and "the agent cannot go on" in summary.stop_reason
+    rows = results(repo)
+    # The fake train.py has three knobs the builtin agent knows: 7 + 3 + 2 one-constant changes of the best.
+    assert 12 <= len(rows) < 40 and {row["status"] for row in rows[1:]} <= {"keep", "discard"}
+    assert len({row["description"] for row in rows}) == len(rows)
+
+
 # ----- kill -9 at several points, then restart: nothing lost, nothing duplicated -----
 
 
-def drive(repo, script, max_runs, crash_at=None, wait_for=None):
+def drive(repo, script, max_runs, crash_at=None, wait_for=None, overrides=None):
     """Run the loop with a scripted agent in a subprocess; kill -9 it when wait_for() turns true."""
     env = dict(os.environ)
     env.pop("NER_AUTORESEARCH_TEST_CRASH_AT", None)
     if crash_at:
         env["NER_AUTORESEARCH_TEST_CRASH_AT"] = crash_at
     command = [sys.executable, str(PROJECT / "tests" / "loop_helpers.py"), str(repo), TAG, json.dumps(script),
-               str(max_runs)]
+               str(max_runs), json.dumps(overrides or {})]
     process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if wait_for is not None:
         deadline = time.monotonic() + 60
@@ -289,16 +308,16 @@ def check_consistent(repo):
     return rows
 
 
-def test_kill_between_row_and_revert_then_restart(repo):
-    code, _ = drive(repo, [["QUALITY", 0.7], ["QUALITY", 0.6]], 5, crash_at="after_row@2")
+def test_kill_between_row_and_keep_then_restart(repo):
+    code, _ = drive(repo, [["QUALITY", 0.7], ["QUALITY", 0.8]], 5, crash_at="after_row@2")
     assert code == 137
-    assert statuses(repo) == ["baseline", "keep", "discard"]
-    assert git(repo, "log", "-1", "--format=%(trailers:key=Autoresearch-Run,valueonly)").strip() == "2"
+    assert statuses(repo) == ["baseline", "keep", "keep"]
+    assert branch_runs(repo, TAG) == [1]  # the kill came before run 2's git step
 
-    code, output = drive(repo, [["QUALITY", 0.8]], 1)
+    code, output = drive(repo, [["QUALITY", 0.9]], 1)
     assert code == 0, output
     rows = check_consistent(repo)
-    assert [row["status"] for row in rows] == ["baseline", "keep", "discard", "keep"]
+    assert [row["status"] for row in rows] == ["baseline", "keep", "keep", "keep"]
 
 
 def test_run_interrupted_twice_is_logged_as_a_crash(repo):
@@ -315,16 +334,18 @@ def test_run_interrupted_twice_is_logged_as_a_crash(repo):
 
 
 def test_kill_during_training_then_restart_reruns_the_run(repo):
-    code, _ = drive(repo, [["QUALITY", 0.7], ["ACTION", "hang_first_attempt"]], 5,
+    hang = f"hang_until:{time.time() + 20:.0f}"
+    code, _ = drive(repo, [["QUALITY", 0.7], ["ACTION", hang]], 5,
                     wait_for=lambda: (repo / "runs" / TAG / "0002" / "train.pid").exists())
     assert code == -9 and statuses(repo) == ["baseline", "keep"]
     orphan = int((repo / "runs" / TAG / "0002" / "train.pid").read_text())
+    time.sleep(0.5)
+    assert not alive(orphan)  # the sandbox died with the loop that started it
     code, output = drive(repo, [["QUALITY", 0.6]], 2)
     assert code == 0, output
-    assert not alive(orphan)  # the killed loop's train.py was killed by the restart
     rows = check_consistent(repo)
     assert [row["status"] for row in rows] == ["baseline", "keep", "discard", "discard"]
-    assert rows[2]["description"] == "ACTION = 'hang_first_attempt'"
+    assert rows[2]["description"] == f"ACTION = {hang!r}"
     assert (repo / "runs" / TAG / "0002" / "attempts").read_text() == "2\n"
 
 
@@ -334,40 +355,20 @@ def test_builtin_agent_with_the_real_train_py(tmp_path, prepared_task7):
     repo = make_repo(tmp_path, data_without_test_rows(prepared_task7, tmp_path / "data"), train_py=None)
     protected = {name: sha256_of(repo / name) for name in ("prepare.py", "evaluate.py", "data/val.jsonl")}
     command = [sys.executable, "agent_loop.py", "run", "--agent", "builtin", "--max-runs", "3", "--tag", TAG,
-               "--train-args", "--model minilm --epochs 1 --limit 64"]
+               "--set", "MODEL_NAME=minilm", "--set", "EPOCHS=1", "--set", "LEARNING_RATE=1e-4", "--limit", "64",
+               "--policy", "monotonic"]
     result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "--max-runs reached (3 runs)" in result.stdout
-    rows = check_consistent(repo)
+    rows = results(repo)
     assert len(rows) == 3 and rows[0]["status"] == "baseline" and float(rows[0]["strict_f1"]) >= 0
     assert all(row["status"] in ("keep", "discard", "crash") for row in rows[1:])
     assert {name: sha256_of(repo / name) for name in protected} == protected
     assert FAKE_TRAIN_PY not in (repo / "train.py").read_text()
-
-
-def test_null_agent_runs_comment_only_proposals_and_ties_are_discarded(repo):
-    from research_loop.builtin_agent import NullAgent
-
-    run_loop(config(repo, max_runs=3, check_duplicates=False), NullAgent())
-    rows = results(repo)
-    assert statuses(repo) == ["baseline", "discard", "discard"]
-    assert rows[1]["strict_f1"] == rows[0]["strict_f1"] and rows[1]["direction"] == "null"
-    assert git(repo, "show", f"refs/autoresearch/{TAG}/run-2:train.py").endswith("# null proposal 2")
-
-
-def test_monotonic_keeps_only_a_strict_improvement():
-    from research_loop.acceptance import Monotonic, Standing
-
-    policy = Monotonic(seed=7)
-    assert policy.decide([], Standing()).action == "run" and policy.decide([], Standing()).seed == 7
-    assert policy.decide([0.3], Standing()).action == "keep"  # the baseline
-    assert policy.decide([0.5], Standing(best_scores=[0.5])).action == "discard"
-    assert policy.decide([0.500001], Standing(best_scores=[0.5])).action == "keep"
+    assert rows[0]["device"] == "cpu"
 
 
 def test_ctrl_c_finishes_the_run_and_twice_kills_it(repo):
-    import signal
-
     def start():
         command = [sys.executable, str(PROJECT / "tests" / "loop_helpers.py"), str(repo), TAG,
                    json.dumps([["QUALITY", 0.7], ["SLEEP_S", 2.0], ["SLEEP_S", 3.0]]), "10"]
@@ -395,15 +396,3 @@ def test_ctrl_c_finishes_the_run_and_twice_kills_it(repo):
     assert statuses(repo) == ["baseline", "keep", "discard"]
     assert not (repo / "runs" / TAG / "0003" / "train.pid").exists()
     assert git(repo, "status", "--porcelain") == ""
-
-
-def test_builtin_agent_stops_the_loop_when_its_search_is_exhausted(repo):
-    from research_loop.builtin_agent import BuiltinAgent
-
-    agent = BuiltinAgent(repo, ["O", "B-ClinicalImpacts", "I-ClinicalImpacts"], ["ClinicalImpacts"], seed=0)
-    summary = run_loop(config(repo, max_runs=100, agent_max_failures=5), agent)
-    assert not summary.ok and "the agent cannot go on" in summary.stop_reason
-    rows = results(repo)
-    # The fake train.py has three knobs the builtin agent knows: 6 + 3 + 2 one-constant changes of the best.
-    assert 12 <= len(rows) < 40 and {row["status"] for row in rows[1:]} <= {"keep", "discard"}
-    assert len({row["description"] for row in rows}) == len(rows)

@@ -1,0 +1,155 @@
+"""A session's shared state: the night's records, the best run, the noise, and what the agent sees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import state
+from .acceptance import AcceptancePolicy, Noise, Standing, TrialKey, estimate_noise
+from .agents.base import Agent, Context
+from .config_block import normalised
+from .night import NightFiles
+from .progress import Progress
+from .records import RunRecord, Status
+from .redact import redact
+from .safe_io import read_tail, read_text, write_atomically
+from .stopping import Budget, StopControl
+from .workspace import PROGRAM_FILE, Workspace
+
+RECENT_ROWS = 20  # rows of results.tsv shown to the agent
+
+
+@dataclass
+class Session:
+    ws: Workspace
+    files: NightFiles
+    agent: Agent
+    policy: AcceptancePolicy
+    keys: list[TrialKey]
+    stop: StopControl
+    budget: Budget
+    progress: Progress
+    tracker: object
+    executor: object
+    close_after: int = 5
+    check_duplicates: bool = True
+    records: list[RunRecord] = field(default_factory=list)
+    seen: dict[str, RunRecord] = field(default_factory=dict)  # train.py's syntax tree -> the run that ran it
+    allocated: int = -1  # the highest run number handed out this session
+    last_failure_tail: str | None = None
+    noise_floor: float = 0.0
+
+    @property
+    def unit(self) -> str:
+        return "fold" if self.keys[0][1] is not None else "seed"
+
+    @property
+    def full_trials(self) -> int:
+        return min(self.policy.trials, len(self.keys))
+
+    def best(self) -> RunRecord | None:
+        return state.best_record(self.records)
+
+    def baseline(self) -> RunRecord | None:
+        return state.baseline_record(self.records)
+
+    def next_run(self) -> int:
+        known = [record.run for record in self.records] + list(self.files.git.run_refs(self.ws.tag)) + [self.allocated]
+        self.allocated = max(known, default=-1) + 1
+        return self.allocated
+
+    # ----- noise and the comparison -----
+
+    def noise(self) -> Noise:
+        """The night's noise: the baseline's and calibration's trials, and every confirmed run's trials and
+        paired differences against the best it was compared with."""
+        kept: dict[str, RunRecord] = {}
+        reference = None
+        scores, differences = [], []
+        for record in self.records:
+            if record.status in (Status.KEEP, Status.DISCARD) and record.trials >= self.full_trials:
+                compared = kept.get(record.parent) or reference
+                scores.append(record.seed_scores)
+                if compared is not None:
+                    base = compared.scores_by_trial()
+                    differences.append([score - base[key] for key, score in record.scores_by_trial().items()
+                                        if key in base])
+            if record.status.kept:
+                kept[record.commit] = reference = record
+        baseline = self.baseline()
+        return estimate_noise(self.policy, baseline.seed_scores if baseline else [], scores, differences,
+                              self.files.calibration, self.noise_floor)
+
+    def standing(self) -> Standing:
+        best = self.best()
+        return Standing(best=best.scores_by_trial() if best else None, noise=self.noise())
+
+    def noise_line(self) -> str:
+        if self.baseline() is None:
+            return ""
+        noise = self.noise()
+        what = "paired differences" if getattr(self.policy, "paired", False) else "strict F1 between trials"
+        line = f"Noise (sd of {what}): {noise.describe()}"
+        if hasattr(self.policy, "detectable_gain"):
+            line += f"; the smallest gain kept 80% of the time: {self.policy.detectable_gain(noise.sd):+.4f}"
+        return line + "."
+
+    # ----- what the agent sees -----
+
+    def closed_directions(self) -> set[str]:
+        reopened = state.reopened_directions(read_text(self.ws.repo / PROGRAM_FILE, default=""))
+        return state.closed_directions(self.records, self.close_after, reopened, self.full_trials)
+
+    def remember(self, record: RunRecord) -> None:
+        if record.status.ran and record.commit and self.files.git.exists(record.commit):
+            try:
+                self.seen.setdefault(normalised(self.files.git.show(record.commit)), record)
+            except (KeyError, ValueError, SyntaxError, UnicodeDecodeError):
+                pass
+
+    def recent_results(self) -> str:
+        lines = read_text(self.ws.results_path, default="").splitlines()
+        return "\n".join(lines[:1] + lines[1:][-RECENT_ROWS:])
+
+    def context(self, train_py: str, feedback: str | None, in_flight: list[str]) -> Context:
+        last = self.records[-1] if self.records else None
+        log = self.ws.run_dir(last.run) / "run.log" if last else None
+        failed = last is not None and last.status.failed
+        task_card = read_text(self.ws.repo / "data" / "task.md", default="")
+        return Context(
+            repo=self.ws.repo, program_md=read_text(self.ws.repo / PROGRAM_FILE, default=""),
+            current_state_md=redact(read_text(self.ws.state_path, default="")),
+            recent_results=redact(self.recent_results()), train_py=train_py,
+            last_log_path=log if log is not None and log.is_file() else None,
+            last_log_tail=redact(self.last_failure_tail or read_tail(log)) if failed and log else None,
+            feedback=redact(feedback) if feedback else None, in_flight=in_flight, task_card=redact(task_card),
+            runs_so_far=len(self.records))
+
+    def write_state(self, in_flight: list[str]) -> None:
+        best = self.best()
+        budget = self.budget
+        budget.hours = self.stop.hours
+        limits = [f"runs {budget.runs}" + (f" of {budget.max_runs}" if budget.max_runs else ""),
+                  f"hours {budget.hours:.2f}" + (f" of {budget.max_hours:g}" if budget.max_hours else ""),
+                  f"cost ${budget.cost_usd:.2f}" + (" (and some not priced)" if budget.cost_unknown else "")
+                  + (f" of ${budget.max_cost_usd:g}" if budget.max_cost_usd else "")]
+        night = self.ws.night()
+        evaluation = (f"{night.get('folds')}-fold cross-validation over train and val" if self.unit == "fold"
+                      else "val")
+        pairing = " paired" if getattr(self.policy, "paired", False) else ""
+        policy_line = (f"Acceptance: {self.policy.name}{pairing} ({self.full_trials} {self.unit}s; strict F1 on "
+                       f"{evaluation}).")
+        run_budget = night.get("run_budget_s")
+        view = state.StateView(
+            tag=self.ws.tag, policy_line=policy_line, noise_line=self.noise_line(),
+            sandbox_line=("UNSANDBOXED: train.py runs with the user's full powers." if self.files.backend == "none"
+                          else ""),
+            run_budget_line=(f"Every run gets the same wall-clock budget of {run_budget / 60:g} minutes: train.py "
+                             "gets the deadline and stops training in time; longer training costs epochs, not "
+                             "time (see the epochs column)." if run_budget else ""),
+            budget_line="; ".join(limits) + ".",
+            best_train_py=self.files.git.show(best.commit) if best else None,
+            entity_types=self.files.entity_types, closed=self.closed_directions(), close_after=self.close_after,
+            full_trials=self.full_trials, unit=self.unit, in_flight=in_flight)
+        write_atomically(self.ws.state_path, state.render(self.records, view))
+

@@ -1,0 +1,144 @@
+"""A run in progress: one commit, the trials (seeds or folds) its policy asks for, and their outcomes.
+
+Each finished trial is written to its folder (`trial.json`, the predictions, run.log), so a restarted loop
+reuses the trials that finished and runs again only the ones that were interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .acceptance import AcceptancePolicy, Standing, TrialKey, Verdict
+from .jobs import JobResult, parse_printed
+from .safe_io import read_text, write_atomically
+from .scoring import Scorer, TrialScore
+
+TRIAL_FILE = "trial.json"
+LOOP_FILES = ("run.log", TRIAL_FILE, "timing.json", "attempts", "train.pid", "proposal_train.py")
+
+
+@dataclass
+class Candidate:
+    """A proposal with a run number and a commit (off the branch, parent = the best it was based on)."""
+
+    run: int
+    commit: str
+    train_py: str
+    parent: str
+    hypothesis: str
+    direction: str
+    cost_usd: float | None = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    key: str = ""  # the agent's handle
+    is_baseline: bool = False
+
+
+@dataclass
+class TrialOutcome:
+    index: int
+    seed: int
+    fold: int | None
+    commit: str
+    kind: str  # ok, crash, oom, timeout, sandbox, unusable (predictions the scorer refused)
+    seconds: float
+    note: str = ""
+    score: dict | None = None  # TrialScore.to_json()
+    device: str = ""
+    epochs: float | None = None
+    peak_vram_mb: float | None = None
+    worker: str = ""
+    predicted_test: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "ok" and self.score is not None
+
+    @property
+    def trial_score(self) -> TrialScore:
+        return TrialScore.from_json(self.score)
+
+    def save(self, folder: Path) -> None:
+        write_atomically(folder / TRIAL_FILE, json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> TrialOutcome | None:
+        try:
+            return cls(**json.loads(read_text(folder / TRIAL_FILE)))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def save_outputs(result: JobResult, folder: Path) -> list[str]:
+    """Write what train.py left in out/ into the trial's folder (the loop's own file names excepted)."""
+    notes = list(result.skipped)
+    for relative, data in result.outputs.items():
+        if relative.split("/")[0] in LOOP_FILES:
+            notes.append(f"{relative} (a name the loop uses)")
+            continue
+        write_atomically(folder / relative, data)
+    return notes
+
+
+def outcome_of(result: JobResult, index: int, key: TrialKey, commit: str, folder: Path, scorer: Scorer,
+               gold: Path, predicted_test: bool) -> TrialOutcome:
+    """Save a finished job's outputs, score its val predictions, and describe it as a TrialOutcome."""
+    seed, fold = key
+    printed = parse_printed(result.log_tail)
+    outcome = TrialOutcome(index, seed, fold, commit, result.kind, result.seconds, worker=result.worker,
+                           device=printed.get("device", ""), epochs=_number(printed.get("epochs")),
+                           peak_vram_mb=_number(printed.get("peak_vram_mb")), predicted_test=predicted_test)
+    folder.mkdir(parents=True, exist_ok=True)
+    skipped = save_outputs(result, folder) if result.kind == "ok" else []
+    if result.kind != "ok":
+        outcome.note = result.error_line()
+        if result.kind == "oom":
+            outcome.kind = "oom"
+    else:
+        try:
+            outcome.score = scorer.score_file(folder / "pred_val.jsonl", gold).to_json()
+        except scorer.error as exc:
+            outcome.kind, outcome.note = "unusable", f"unusable predictions: {exc}"
+    if skipped:
+        outcome.note = (outcome.note + "; " if outcome.note else "") + "not kept from out/: " + ", ".join(skipped)
+    outcome.save(folder)
+    return outcome
+
+
+@dataclass
+class Trial:
+    """One candidate's trials as they are planned, run and finished."""
+
+    candidate: Candidate
+    keys: list[TrialKey]
+    done: dict[int, TrialOutcome] = field(default_factory=dict)
+    running: set[int] = field(default_factory=set)
+
+    def scores(self) -> dict[int, float]:
+        """Per trial strict F1, rounded as results.tsv logs it, so the best (read back) compares like for like."""
+        return {index: round(outcome.trial_score.strict, 6) for index, outcome in self.done.items() if outcome.ok}
+
+    def failure(self) -> TrialOutcome | None:
+        failed = [outcome for outcome in self.done.values() if not outcome.ok]
+        return min(failed, key=lambda outcome: outcome.index) if failed else None
+
+    def next_step(self, policy: AcceptancePolicy, standing: Standing) -> Verdict:
+        """What the policy wants now, given the trials that finished ("run" lists those not started yet)."""
+        verdict = policy.decide(self.scores(), self.keys, standing)
+        if verdict.action != "run":
+            return verdict
+        return Verdict("run", tuple(index for index in verdict.run if index not in self.running
+                                    and index not in self.done), verdict.reason)
+
+    @property
+    def idle(self) -> bool:
+        return not self.running
