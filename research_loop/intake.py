@@ -101,7 +101,9 @@ class Intake:
                 return (f"duplicate of run {in_flight_trees[tree]} (in flight)",
                         f"it is the same train.py as run {in_flight_trees[tree]}, which is queued or training now. "
                         "Propose a different change.")
-        if direction_key(proposal.direction) in session.closed_directions():
+        closed = session.closed_directions()
+        parts = {direction_key(proposal.direction), *(direction_key(part) for part in proposal.direction.split(" + "))}
+        if parts & closed:
             return (f"direction {proposal.direction!r} is closed",
                     f"the direction {proposal.direction!r} is closed: it failed {session.close_after} times in a row "
                     "without a keep (see the direction table in CURRENT_STATE.md). Choose another direction; only "

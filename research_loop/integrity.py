@@ -115,21 +115,28 @@ class ProtectedFiles:
         return found + [Violation(relative, "added") for relative in sorted(present - set(self.hashes))]
 
     def restore(self, violations: list[Violation], save_dir: Path) -> list[str]:
-        """Move each violated file to save_dir and put the loop's copy back. Returns the paths it could not
-        restore (their copy is gone), after trying every one: the caller restores those from git or stops."""
+        """Put the loop's copy back over each violated file, the changed one saved in save_dir first. A file
+        whose copy is gone or altered stays where it is (a copy is saved) and is returned: the caller restores
+        it from git or stops, and nothing the user had goes missing."""
         unrestored = []
         for violation in violations:
             path = self.repo / violation.path
-            if path.exists() or path.is_symlink():
-                (save_dir / violation.path).parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(path, save_dir / violation.path)
+            saved = save_dir / violation.path
             if violation.kind == "added":
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(path, saved)
                 continue
             copy = self.snapshot / violation.path
-            if copy.is_file() and sha256_of(copy) == self.hashes[violation.path]:
-                write_atomically(path, read_bytes(copy))
-            else:
+            if not (copy.is_file() and sha256_of(copy) == self.hashes[violation.path]):
+                if path.is_file() and not path.is_symlink():
+                    saved.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, saved)
                 unrestored.append(violation.path)
+                continue
+            if path.exists() or path.is_symlink():
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(path, saved)
+            write_atomically(path, read_bytes(copy))
         return unrestored
 
 
