@@ -132,9 +132,10 @@ class Git:
         return self.repo.is_ancestor(ancestor, descendant)
 
     def exists(self, commit: str) -> bool:
+        """Whether the object database holds this commit (GitPython resolves a full sha without looking)."""
         try:
-            self.repo.commit(commit)
-            return True
+            sha = self.repo.commit(commit).hexsha
+            return self.repo.odb.has_object(bytes.fromhex(sha))
         except (ValueError, git.BadName):
             return False
 

@@ -22,7 +22,8 @@ from .agents.base import Agent
 from .executors import LocalExecutor
 from .intake import Intake
 from .lock import LockError, LoopLock
-from .night import NightConfig, NightError, baseline_commit, open_files, timeout_for, trial_keys, write_night
+from .night import (NightConfig, NightError, baseline_commit, open_files, source_folders, timeout_for, trial_keys,
+                    write_night)
 from .progress import Progress
 from .proposals import ProposalSource
 from .reconcile import place_branch, reconcile
@@ -125,7 +126,7 @@ def run_loop(config: LoopConfig, agent: Agent) -> LoopSummary:
             files = open_files(night_config, ws)
             notes = [note for note in [place_branch(files.git, ws.tag, files.records)] if note]
             base = baseline_commit(night_config, ws, files.git, files.records)
-            private = [cache_root(), *_source_folders(files.views.manifest)]
+            private = [cache_root(), *source_folders(files.views.manifest)]
             executor = make_executor(config, ws, files.backend, private)
         except (NightError, SandboxError, ImportError) as exc:
             raise LoopError(str(exc)) from None
@@ -136,15 +137,6 @@ def run_loop(config: LoopConfig, agent: Agent) -> LoopSummary:
         if executor is not None:
             executor.shutdown()
         lock.release()
-
-
-def _source_folders(manifest: dict) -> list[Path]:
-    """The folders the data came from (they hold the unsplit gold): hidden from train.py too."""
-    folders = []
-    for source in [manifest.get("source"), *(aux.get("source") for aux in (manifest.get("aux") or {}).values())]:
-        if isinstance(source, str) and Path(source).is_dir():
-            folders.append(Path(source))
-    return folders
 
 
 def _run(config: LoopConfig, agent: Agent, ws: Workspace, files, executor, base: str, notes: list[str]) -> LoopSummary:
@@ -179,7 +171,7 @@ def _run(config: LoopConfig, agent: Agent, ws: Workspace, files, executor, base:
             recorder.score_holdout(best, role="final")
         summary.interrupted = len([trial for trial in scheduler.queue if not trial.candidate.is_baseline])
         summary.stop_reason, summary.ok, summary.finished = ending.reason, ending.ok, ending.finished
-        ws.write_stop(ending.reason, ending.ok, ending.finished and not summary.interrupted)
+        ws.write_stop(ending.reason, ending.ok, ending.finished)
         session.write_state([])
         config.tracker.night_ended(ending.reason, ending.ok)
         progress.doing(f"stopped: {ending.reason}")

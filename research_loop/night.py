@@ -156,6 +156,15 @@ def choose_sandbox(config: NightConfig, notes: list[str]) -> tuple[str, str]:
     return backend, f"sandbox: {backend}"
 
 
+def source_folders(manifest: dict) -> list[Path]:
+    """The folders the data came from (they hold the unsplit gold): hidden from train.py like the cache."""
+    folders = []
+    for source in [manifest.get("source"), *(aux.get("source") for aux in (manifest.get("aux") or {}).values())]:
+        if isinstance(source, str) and Path(source).is_dir():
+            folders.append(Path(source))
+    return folders
+
+
 def read_calibration(ws: Workspace) -> list[float]:
     path = ws.tag_dir / "calibration.json"
     if not path.is_file():
@@ -260,7 +269,7 @@ def write_night(config: NightConfig, ws: Workspace, backend: str, baseline: str,
     if not night:
         night = {
             "tag": ws.tag, "started": now_iso(), "agent": config.agent, "policy": config.policy.name,
-            "trials": len(trial_keys(config)), "eval": config.eval_mode, "folds": config.folds,
+            "trials": min(config.policy.trials, len(trial_keys(config))), "eval": config.eval_mode, "folds": config.folds,
             "seeds": list(config.seeds), "seed_count": len(config.seeds), "split_seed": config.split_seed,
             "run_budget_min": config.run_budget_s / 60 if config.run_budget_s else None,
             "settings": {name: config_block.literal(value) for name, value in config.settings},

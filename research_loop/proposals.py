@@ -100,11 +100,11 @@ class ProposalSource:
                 self.seconds += time.monotonic() - started
             failures += 1
             if not retryable:
-                future.set_result(Asked(None, usage, Stop(f"the agent cannot go on: {error}", ok=False)))
+                future.set_result(Asked(None, usage, Stop(f"the agent cannot go on: {error}", ok=False, kind="drain")))
                 return
             if failures >= self.max_failures:
                 future.set_result(Asked(None, usage, Stop(f"the agent failed {failures} times in a row: {error}",
-                                                          ok=False)))
+                                                          ok=False, kind="drain")))
                 return
             wait = min(self.retry_s * 2 ** (failures - 1), MAX_AGENT_WAIT_S)
             self.note(f"agent error: {error}; asking again in {wait:.0f} s")

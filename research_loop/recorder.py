@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from statistics import mean
 
 from . import holdout
@@ -22,12 +23,17 @@ from .session import Session
 from .trial import Trial
 
 TEST_CRASH_ENV = "NER_AUTORESEARCH_TEST_CRASH_AT"  # tests only: os._exit(137) at a named point
+TEST_PAUSE_ENV = "NER_AUTORESEARCH_TEST_PAUSE_AT"  # tests only: say so and wait 3 s at a named point
 
 
 def crash_point(name: str, run: int) -> None:
-    """Tests only: die like kill -9 at point `name` (or `name@run`, at that run only)."""
+    """Tests only: die like kill -9 at point `name` (or `name@run`, at that run only); or pause there, so a
+    test can press Ctrl-C in the middle of a git step."""
     if os.environ.get(TEST_CRASH_ENV) in (name, f"{name}@{run}"):
         os._exit(137)
+    if os.environ.get(TEST_PAUSE_ENV) in (name, f"{name}@{run}"):
+        print(f"paused at {name} (run {run})", flush=True)
+        time.sleep(3)
 
 
 class Recorder:

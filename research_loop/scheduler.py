@@ -16,6 +16,7 @@ import os
 import time
 
 from .acceptance import Confirm
+from . import config_block
 from .config_block import normalised
 from .executors import Ticket
 from .integrity import listed
@@ -28,6 +29,21 @@ from .stopping import Stop
 from .trial import Candidate, Trial, outcome_of
 
 POLL_S = 0.2
+
+
+def rebase(repo_git, parent: str, best: str, candidate: str) -> str | None:
+    """The candidate's change (parent -> candidate) applied to the new best: constant by constant when it only
+    changed config values (neighbouring lines of the config block would trip a line merge), else a three-way
+    merge; None when it does not apply."""
+    before, after = config_block.values(parent), config_block.values(candidate)
+    changed = {name: value for name, value in after.items() if before.get(name, object()) != value}
+    try:
+        only_config = normalised(config_block.apply_settings(parent, list(changed.items()))) == normalised(candidate)
+        if only_config:
+            return config_block.apply_settings(best, list(changed.items()))
+    except (config_block.ConfigBlockError, SyntaxError):
+        pass
+    return repo_git.merge_train(parent, best, candidate)
 LIVE_EVERY_S = 2.0
 LIVE_FILE = "live.json"  # runs/<tag>/: what the loop is doing now, for `agent_loop.py status`
 
@@ -52,7 +68,7 @@ class Scheduler:
             started = time.monotonic()
             if session.stop.abort_requested:
                 return self._abort()
-            if self.ending is None or (self.ending.finished and session.stop.stop_requested):
+            if self.ending is None or (self.ending.kind != "now" and session.stop.stop_requested):
                 self.ending = session.stop.reason(planned=len(self.queue)) or self.ending
             for trial in sorted(self.queue, key=self._priority):
                 if trial in self.queue:
@@ -79,22 +95,36 @@ class Scheduler:
     def _winding_down(self) -> bool:
         return self.ending is not None
 
-    def _stopping_now(self) -> bool:
-        """Ctrl-C or STOP: no run starts that has not started yet."""
-        return self.session.stop.stop_requested
+    @staticmethod
+    def _started(trial: Trial) -> bool:
+        return bool(trial.running or trial.done)
+
+    def _may_start(self, trial: Trial) -> bool:
+        """Whether a candidate that has not started may start now (one that has, always finishes)."""
+        if self._started(trial):
+            return True
+        if self.session.stop.stop_requested:
+            return False
+        if self.ending is None:
+            return True
+        if self.ending.kind == "now":
+            return False
+        if self.ending.kind == "runs":
+            budget = self.session.budget
+            started = sum(1 for item in self.queue if self._started(item))
+            return budget.max_runs is None or budget.runs + started < budget.max_runs
+        return True
 
     def _done(self) -> bool:
-        if self.ending is None:
-            return False
-        if self._stopping_now():
-            return not any(trial.running or trial.done for trial in self.queue)
-        return not self.queue
+        return self.ending is not None and not any(self._started(trial) or self._may_start(trial)
+                                                   for trial in self.queue)
 
     # ----- asking -----
 
     def _ask_if_wanted(self) -> None:
         session = self.session
-        if self._winding_down() or self.intake.proposals.busy or session.baseline() is None:
+        if self._winding_down() or session.stop.stop_requested or self.intake.proposals.busy or \
+                session.baseline() is None:
             return
         fresh = sum(1 for trial in self.queue if not trial.candidate.is_baseline)
         if fresh < session.executor.slots + self.options.lookahead:
@@ -126,7 +156,7 @@ class Scheduler:
             return
         verdict = trial.next_step(session.policy, session.standing())
         if verdict.action == "run":
-            if self._stopping_now() and not (trial.running or trial.done):
+            if not self._may_start(trial):
                 return
             for index in verdict.run:
                 if len(self.tickets) >= session.executor.slots:
@@ -173,7 +203,7 @@ class Scheduler:
             note = ensure_cached(model_name(trial.candidate.train_py))
         except ModelCacheError as exc:
             if trial.candidate.is_baseline:
-                self.ending = Stop(f"error: {exc}", ok=False)
+                self.ending = Stop(f"error: {exc}", ok=False, kind="now")
                 self.queue.remove(trial)
             else:
                 self._log(trial, Status.CRASH, str(exc))
@@ -273,8 +303,8 @@ class Scheduler:
             for index in list(trial.running):
                 session.executor.cancel(self.tickets[(candidate.run, index)])
             self.queue.remove(trial)
-            rebased = session.files.git.merge_train(session.files.git.show(candidate.parent), best_text,
-                                                    candidate.train_py)
+            rebased = rebase(session.files.git, session.files.git.show(candidate.parent), best_text,
+                             candidate.train_py)
             if rebased is None or normalised(rebased) in session.seen:
                 why = "it repeats a run" if rebased is not None else "its change does not apply to it"
                 note = f"stale: proposed on an older best; run {best.run} was kept since, and {why}"

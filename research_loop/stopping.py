@@ -18,12 +18,27 @@ from pathlib import Path
 from .workspace import STOP_FILE
 
 
-class Stop(Exception):
-    """Ends the night between steps. ok=False: an error to look at; finished: it ended as planned."""
+PRESSED_EARLY = threading.Event()  # Ctrl-C before the loop's own handlers were in place
 
-    def __init__(self, reason: str, ok: bool = True, finished: bool = False):
+
+def catch_early_interrupts() -> None:
+    """From the first line of the command on, Ctrl-C only sets a flag; the loop then stops cleanly at its
+    first step instead of dying in the middle of its setup."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda signum, frame: PRESSED_EARLY.set())
+        signal.signal(signal.SIGTERM, lambda signum, frame: PRESSED_EARLY.set())
+
+
+class Stop(Exception):
+    """Ends the night between steps. ok=False: an error to look at; finished: it ended as planned.
+
+    kind says what may still start: "now" (Ctrl-C, STOP, --max-hours, an error: nothing new), "runs"
+    (--max-runs: queued runs up to the budget), "drain" (--max-cost-usd, the agent gave up: the queued runs,
+    already paid for, still run)."""
+
+    def __init__(self, reason: str, ok: bool = True, finished: bool = False, kind: str = "now"):
         super().__init__(reason)
-        self.reason, self.ok, self.finished = reason, ok, finished
+        self.reason, self.ok, self.finished, self.kind = reason, ok, finished, kind
 
 
 @dataclass
@@ -49,7 +64,7 @@ class StopControl:
     def __init__(self, repo: Path, budget: Budget, note: Callable[[str], None] = lambda message: None):
         self.repo, self.budget, self.note = Path(repo), budget, note
         self.started = time.monotonic()
-        self.stop_requested = False
+        self.stop_requested = PRESSED_EARLY.is_set()
         self.abort_requested = False
         self.pressed = threading.Event()  # set by any stop signal, so waits wake at once
 
@@ -60,6 +75,9 @@ class StopControl:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
+        if PRESSED_EARLY.is_set():
+            self.stop_requested = True
+            self.note("Ctrl-C: stopping before the first run")
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         signal.signal(signal.SIGINT, self._on_interrupt)
         signal.signal(signal.SIGTERM, self._on_terminate)
@@ -102,11 +120,11 @@ class StopControl:
         budget = self.budget
         budget.hours = self.hours
         if budget.max_runs is not None and budget.runs + planned >= budget.max_runs:
-            return Stop(f"--max-runs reached ({budget.max_runs} runs)", finished=True)
+            return Stop(f"--max-runs reached ({budget.max_runs} runs)", finished=True, kind="runs")
         if budget.max_hours is not None and budget.hours >= budget.max_hours:
             return Stop(f"--max-hours reached ({budget.hours:.2f} h)", finished=True)
         if budget.max_cost_usd is not None and budget.cost_usd >= budget.max_cost_usd:
-            return Stop(f"--max-cost-usd reached (${budget.cost_usd:.2f})", finished=True)
+            return Stop(f"--max-cost-usd reached (${budget.cost_usd:.2f})", finished=True, kind="drain")
         return None
 
     def sleep(self, seconds: float) -> bool:

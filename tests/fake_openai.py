@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DEFAULT_USAGE = {
@@ -76,6 +77,11 @@ def error(status: int, message: str, code: str | None = None, headers: dict | No
     }
 
 
+def slow(seconds: float, reply: dict) -> dict:
+    """The reply, after the server thought for `seconds`."""
+    return {"delay": seconds, "reply": reply}
+
+
 def raw(body: str, status: int = 200, content_type: str = "application/json") -> dict:
     """A reply sent exactly as given: a body the SDK cannot parse, for instance."""
     return {"raw": body, "status": status, "content_type": content_type}
@@ -123,6 +129,9 @@ class FakeOpenAI:
             if not self.script:
                 return 400, {}, json.dumps(error(400, "fake server: no scripted reply left")["body"])
             reply = self.script.pop(0)
+        if "delay" in reply:  # a slow model: {"delay": seconds, "reply": the reply}
+            time.sleep(reply["delay"])
+            reply = reply["reply"]
         if "raw" in reply:
             return reply["status"], {"content-type": reply["content_type"]}, reply["raw"]
         if "body" in reply:

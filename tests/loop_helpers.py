@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -33,17 +35,21 @@ PROJECT_FILES = (
 # does) when DATA/test.jsonl exists: the first token of the first QUALITY share of test rows is tagged.
 
 
-def lexicon_tags(train_rows: list, tokens: list) -> list:
+def lexicon_tags(train_rows: list, tokens: list, _built: dict = {}) -> list:  # noqa: B006 (a cache)
     """Words that were inside a span at least half of the times they occur in train, tagged with their most
     frequent type (B- at a span's start, I- after a word of the same type); O elsewhere."""
-    inside, total = {}, {}
-    for row in train_rows:
-        for token, tag in zip(row["tokens"], row["tags"]):
-            word = token.lower()
-            total[word] = total.get(word, 0) + 1
-            if tag != "O":
-                inside.setdefault(word, {})
-                inside[word][tag[2:]] = inside[word].get(tag[2:], 0) + 1
+    if id(train_rows) not in _built:
+        inside, total = {}, {}
+        for row in train_rows:
+            for token, tag in zip(row["tokens"], row["tags"]):
+                word = token.lower()
+                total[word] = total.get(word, 0) + 1
+                if tag != "O":
+                    inside.setdefault(word, {})
+                    inside[word][tag[2:]] = inside[word].get(tag[2:], 0) + 1
+        _built.clear()
+        _built[id(train_rows)] = (inside, total, train_rows)
+    inside, total, _ = _built[id(train_rows)]
     tags, previous = [], "O"
     for token in tokens:
         types = inside.get(token.lower(), {})
