@@ -1,8 +1,11 @@
 """The official Task 7 scorer (FIXED file): strict (seqeval) and relaxed (token-overlap) span P/R/F1.
 
-Usage: python evaluate.py PRED --gold GOLD [--json OUT] [--subset]
+Usage: python evaluate.py PRED --gold GOLD [--json OUT] [--subset] [--types A,B]
 PRED and GOLD are prepared JSONL files ({"id", "tags"} per line) or official CSVs
-(ID + predicted_ner_tags or ner_tags). The math is pure; file reading and printing come after it.
+(ID + predicted_ner_tags or ner_tags). A predicted entity type outside the task's types is an error; the
+types come from --types, else the manifest.json beside GOLD, else GOLD's own spans.
+Exit codes: 0 scored, 2 bad input, 1 when the reader of stdout closed it early (`... | head -1`).
+The math is pure; file reading and printing come after it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import ast
 import csv
 import io
 import json
+import os
 import re
 import sys
 from collections import Counter
@@ -131,26 +135,34 @@ def _only_rows_in(gold: dict[str, list[str]], pred: dict[str, list[str]]) -> dic
 # ----- Reading files -----
 
 
-def _checked_tags(value: object, path: Path, row_id: str) -> list[str]:
-    """The value as a list of valid BIO tags, or a ScoreError naming file and row."""
+def _checked_tags(value: object, path: Path, row_id: str, field: str, entity_types=None) -> list[str]:
+    """The value as a list of valid BIO tags (of `entity_types` when given), or a ScoreError naming file,
+    row and field."""
     if not isinstance(value, list):
         raise ScoreError(f"{path}: row {row_id}: tags must be a list, got {type(value).__name__}")
     for position, tag in enumerate(value):
         if not isinstance(tag, str) or not TAG_PATTERN.fullmatch(tag):
             raise ScoreError(f"{path}: row {row_id}: tag {tag!r} at position {position} is not O, B-X or I-X")
+        if entity_types is not None and tag != "O" and tag[2:] not in entity_types:
+            raise ScoreError(
+                f"{path}: row {row_id}: {field}: unknown entity type {tag[2:]!r} in tag {tag!r} at position "
+                f"{position} (the task's types: {', '.join(sorted(entity_types))})"
+            )
     return value
 
 
-def _add_row(rows: dict[str, list[str]], path: Path, row_id: object, tags: object, where: str) -> None:
+def _add_row(
+    rows: dict[str, list[str]], path: Path, row_id: object, tags: object, where: str, field: str, entity_types
+) -> None:
     """Validate one row and add it, refusing empty or duplicate ids."""
     if not isinstance(row_id, str) or not row_id:
         raise ScoreError(f"{path}: {where}: the id must be a non-empty string, got {row_id!r}")
     if row_id in rows:
         raise ScoreError(f"{path}: row {row_id}: duplicate id")
-    rows[row_id] = _checked_tags(tags, path, row_id)
+    rows[row_id] = _checked_tags(tags, path, row_id, field, entity_types)
 
 
-def _read_jsonl(path: Path, text: str) -> dict[str, list[str]]:
+def _read_jsonl(path: Path, text: str, entity_types=None) -> dict[str, list[str]]:
     """id -> tags from a prepared JSONL file."""
     rows: dict[str, list[str]] = {}
     # Split on newlines only: str.splitlines would also break at U+2028 and friends inside token strings.
@@ -161,13 +173,15 @@ def _read_jsonl(path: Path, text: str) -> dict[str, list[str]]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ScoreError(f"{path}: line {line_number}: not valid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:  # nesting too deep, a number too long to convert
+            raise ScoreError(f"{path}: line {line_number}: not readable JSON ({type(exc).__name__})") from None
         if not isinstance(record, dict) or "id" not in record or "tags" not in record:
             raise ScoreError(f"{path}: line {line_number}: expected an object with 'id' and 'tags'")
-        _add_row(rows, path, record["id"], record["tags"], f"line {line_number}")
+        _add_row(rows, path, record["id"], record["tags"], f"line {line_number}", "tags", entity_types)
     return rows
 
 
-def _read_csv(path: Path, text: str) -> dict[str, list[str]]:
+def _read_csv(path: Path, text: str, entity_types=None) -> dict[str, list[str]]:
     """id -> tags from an official CSV, whose tag cells are Python list literals."""
     csv.field_size_limit(2**31 - 1)  # test rows run past 9,000 tokens: beyond csv's default 128 KiB cell
     reader = csv.DictReader(io.StringIO(text))
@@ -187,14 +201,15 @@ def _read_csv(path: Path, text: str) -> dict[str, list[str]]:
                 raise ScoreError(
                     f"{path}: row {row_id}: the {tag_column} cell is not a Python list literal: {cell[:40]!r}"
                 ) from None
-            _add_row(rows, path, row_id, tags, f"line {line_number}")
+            _add_row(rows, path, row_id, tags, f"line {line_number}", tag_column, entity_types)
     except csv.Error as exc:
         raise ScoreError(f"{path}: line {reader.line_num}: unreadable CSV ({exc})") from None
     return rows
 
 
-def read_tags(path: str | Path) -> dict[str, list[str]]:
-    """id -> tags from a prepared JSONL ("id", "tags") or an official CSV, validating every tag."""
+def read_tags(path: str | Path, entity_types=None) -> dict[str, list[str]]:
+    """id -> tags from a prepared JSONL ("id", "tags") or an official CSV, validating every tag (and, with
+    `entity_types`, that each tag's type is one of them)."""
     path = Path(path)
     try:
         with path.open(encoding="utf-8-sig", newline="") as file:  # raw newlines, as csv wants
@@ -205,18 +220,49 @@ def read_tags(path: str | Path) -> dict[str, list[str]]:
         raise ScoreError(f"{path}: cannot read the file ({exc})") from None
     # A prepared JSONL starts with an object; anything else is treated as the official CSV.
     is_jsonl = path.suffix == ".jsonl" or (path.suffix != ".csv" and text.lstrip().startswith("{"))
-    rows = _read_jsonl(path, text) if is_jsonl else _read_csv(path, text)
+    rows = _read_jsonl(path, text, entity_types) if is_jsonl else _read_csv(path, text, entity_types)
     if not rows:
         raise ScoreError(f"{path}: no rows")
     return rows
 
 
-def score_files(pred_path: str | Path, gold_path: str | Path, subset: bool = False) -> dict:
-    """Score a prediction file against a gold file, rows matched by id (subset: only PRED's rows)."""
-    gold, pred = read_tags(gold_path), read_tags(pred_path)
+def score_files(
+    pred_path: str | Path, gold_path: str | Path, *, subset: bool = False, entity_types=None
+) -> dict:
+    """Score a prediction file against a gold file, rows matched by id (subset: only PRED's rows).
+
+    With `entity_types`, a predicted tag of any other type is a ScoreError; None checks nothing."""
+    gold, pred = read_tags(gold_path), read_tags(pred_path, entity_types)
     if subset:
         gold = _only_rows_in(gold, pred)
     return score_rows(gold, pred, pred_name=str(pred_path))
+
+
+def gold_types(gold: dict[str, list[str]]) -> set[str]:
+    """The entity types of the gold rows' spans."""
+    return {span[0] for tags in gold.values() for span in spans(tags)}
+
+
+def task_types(gold_path: Path, types_option: str | None, gold: dict[str, list[str]]) -> set[str]:
+    """The types a prediction may use: --types, else the manifest.json beside the gold file, else the
+    gold's own."""
+    if types_option is not None:
+        types = {name.strip() for name in types_option.split(",") if name.strip()}
+        if not types:
+            raise ScoreError(f"--types {types_option!r}: expected entity types separated by commas, e.g. A,B")
+        return types
+    manifest_path = gold_path.parent / "manifest.json"
+    if not manifest_path.is_file():
+        return gold_types(gold)
+    try:
+        types = json.loads(manifest_path.read_text(encoding="utf-8"))["entity_types"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise ScoreError(
+            f"{manifest_path}: no entity_types list to check predictions against ({exc})"
+        ) from None
+    if not isinstance(types, list) or not all(isinstance(name, str) for name in types):
+        raise ScoreError(f"{manifest_path}: entity_types must be a list of strings")
+    return set(types)
 
 
 # ----- Printing and CLI -----
@@ -256,24 +302,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gold", type=Path, required=True, help="gold tags: prepared JSONL or official CSV")
     parser.add_argument("--json", type=Path, dest="json_out", help="also write the full result dict here")
     parser.add_argument("--subset", action="store_true", help="score only the gold rows that PRED has")
+    parser.add_argument(
+        "--types",
+        metavar="A,B",
+        help="entity types predictions may use (default: from the manifest.json beside GOLD, else GOLD's)",
+    )
     args = parser.parse_args(argv)
     try:
-        gold, pred = read_tags(args.gold), read_tags(args.pred)
+        gold = read_tags(args.gold)
+        pred = read_tags(args.pred, task_types(args.gold, args.types, gold))
         scored_gold = _only_rows_in(gold, pred) if args.subset else gold
         result = score_rows(scored_gold, pred, pred_name=str(args.pred))
     except ScoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.subset:
-        print(f"note: --subset: scored {len(scored_gold)} of {len(gold)} gold rows", file=sys.stderr)
-    print(format_summary(result))
-    Console(width=110).print(per_type_table(result))
-    if args.json_out:
+    if args.json_out:  # before printing, so a reader that stops early (`| head -1`) still gets the file
         try:
             args.json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         except OSError as exc:
             print(f"error: {args.json_out}: cannot write ({exc.strerror})", file=sys.stderr)
             return 2
+    if args.subset:
+        print(f"note: --subset: scored {len(scored_gold)} of {len(gold)} gold rows", file=sys.stderr)
+    try:
+        print(format_summary(result))
+        Console(width=110, file=sys.stdout).print(per_type_table(result))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped reading (`| head -1`). As the Python docs advise: point stdout at devnull so
+        # the flush at exit does not raise again, and exit 1 rather than print a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

@@ -170,6 +170,8 @@ def run_night(repo: Path, options: RunOptions, echo: Echo) -> int:
     overhead = overhead_text(summary)
     echo(f"{summary.runs} runs this session ({summary.keeps} kept, {summary.crashes} crashed); {best}; "
          f"{summary.hours:.2f} h, {cost}" + (f"; {overhead}" if overhead else ""))
+    if summary.sandbox == "none":
+        echo("UNSANDBOXED: this night's train.py ran with your user's powers (no sandbox worked here)")
     if not summary.finished:
         waiting = f"; {summary.interrupted} proposal(s) waiting will run first" if summary.interrupted else ""
         echo(f"to resume this night: python agent_loop.py (it picks up night {tag}){waiting}")

@@ -84,15 +84,21 @@ def apply_settings(train_py: str, settings: list[tuple[str, object]]) -> str:
 
 
 def block_lines(train_py: str) -> list[str]:
-    """The config block as written: its constants and the comment lines between them (the group headings)."""
+    """The config block as written: its constants, with the comment lines (group headings) between them and
+    just above the first one."""
     block: list[str] = []
+    pending: list[str] = []
     for line in train_py.splitlines():
-        if CONSTANT_LINE.match(line) or (block and line.lstrip().startswith("#")):
-            block.append(line)
-        elif block and line.strip():
+        stripped = line.strip()
+        if CONSTANT_LINE.match(line):
+            block += pending + [line]
+            pending = []
+        elif stripped.startswith("#"):
+            pending.append(line)
+        elif stripped and block:
             break
-    while block and block[-1].lstrip().startswith("#"):
-        block.pop()
+        elif stripped or not block:
+            pending = []  # code, or a blank line before the block: those comments were not its heading
     return block
 
 

@@ -45,3 +45,24 @@ def line_problem(text: str) -> str | None:
 def collapse_whitespace(text: str) -> str:
     """Whitespace collapsed to single spaces, so the text fits one line (a results.tsv cell, a subject)."""
     return re.sub(r"\s+", " ", text).strip()
+
+
+def plain_text(text: object, limit: int = 2000) -> str:
+    """One line of printable text, at most `limit` characters: control and separator characters, lone
+    surrogates and terminal escapes shown as \\uXXXX, never passed on (to a TSV cell, a prompt, a terminal)."""
+    out = []
+    for char in str(text)[: limit * 2]:
+        code = ord(char)
+        if char in "\t\n":
+            out.append(" ")
+        elif code < 32 or 0x7F <= code <= 0x9F or char in "\u2028\u2029\u0085" or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    line = "".join(out)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def plain_lines(text: str, limit: int = 20_000) -> str:
+    """A log tail for a prompt: its own lines kept, each made plain (no terminal escapes or separators)."""
+    return "\n".join(plain_text(line, 500) for line in text[-limit:].split("\n"))

@@ -176,8 +176,6 @@ class TreeWatch:
 
     def _skip(self, relative: str) -> bool:
         parts = relative.split("/")
-        if any(part in SKIPPED_PARTS for part in parts):
-            return True
         if parts[0] == ".git" and len(parts) > 1 and parts[1] in GIT_OWN:
             return True
         return any(relative == own or relative.startswith(own.rstrip("/") + "/") for own in self.own)

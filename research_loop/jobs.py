@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 import signal
 import stat
 import subprocess
@@ -35,8 +34,11 @@ LOG_HEAD_BYTES = 8 << 20  # the log keeps its first 8 MB ...
 LOG_TAIL_BYTES = 256 << 10  # ... and its last 256 kB
 MAX_OUTPUT_FILE = 64 << 20
 MAX_OUTPUTS_TOTAL = 256 << 20
+MAX_OUTPUT_FILES = 64
+EXPECTED_OUTPUTS = ("pred_val.jsonl", "pred_holdout.jsonl", "pred_test.csv", "summary.json")
 POLL_S = 0.05
-SAFE_NAME = re.compile(r"^[\w.\-]+$")
+# An output's name: a plain file name starting with a letter or digit (no dot files such as .git or .envrc).
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 
 
 @dataclass
@@ -145,27 +147,44 @@ def build_workspace(job: Job, root: Path) -> Path:
 
 
 def collect_outputs(out_dir: Path) -> tuple[dict[str, bytes], list[str]]:
-    """Regular files train.py wrote (one hard link, within the caps); everything else is listed, not read."""
-    outputs, skipped, total = {}, [], 0
-    for folder, subfolders, names in os.walk(out_dir, followlinks=False):
-        for name in sorted(names + [sub for sub in subfolders if os.path.islink(os.path.join(folder, sub))]):
-            path = Path(folder) / name
-            relative = path.relative_to(out_dir).as_posix()
-            info = path.lstat()
-            if not stat.S_ISREG(info.st_mode):
-                skipped.append(f"{relative} (not a regular file)")
-            elif info.st_nlink != 1:
-                skipped.append(f"{relative} (a hard link)")
-            elif not all(SAFE_NAME.match(part) for part in relative.split("/")):
-                skipped.append(f"{relative!r} (an unusual name)")
-            elif info.st_size > MAX_OUTPUT_FILE or total + info.st_size > MAX_OUTPUTS_TOTAL:
-                skipped.append(f"{relative} ({info.st_size / 2**20:.0f} MB: over the size cap)")
-            else:
-                fd = open_no_follow(path, single_link=True)
-                with os.fdopen(fd, "rb") as file:
-                    outputs[relative] = file.read(MAX_OUTPUT_FILE + 1)
-                total += len(outputs[relative])
-    return outputs, skipped
+    """The regular files train.py left directly in out/ (plain names, one hard link, within the caps; the
+    prediction files first); folders, links, dot files and anything past the caps are counted, never read
+    or followed."""
+    outputs, skipped, total = {}, {}, 0
+    with os.scandir(out_dir) as scan:
+        entries = [entry for _, entry in zip(range(20 * MAX_OUTPUT_FILES), scan)]
+    entries.sort(key=lambda entry: (entry.name not in EXPECTED_OUTPUTS, entry.name))
+    for entry in entries:
+        name = entry.name
+        info = entry.stat(follow_symlinks=False)
+        if not SAFE_NAME.match(name):
+            reason = "not a plain file name"
+        elif not stat.S_ISREG(info.st_mode):
+            reason = "not a regular file"
+        elif info.st_nlink != 1:
+            reason = "a hard link"
+        elif len(outputs) >= MAX_OUTPUT_FILES:
+            reason = f"over {MAX_OUTPUT_FILES} files"
+        elif info.st_size > MAX_OUTPUT_FILE or total + info.st_size > MAX_OUTPUTS_TOTAL:
+            reason = "over the size cap"
+        else:
+            fd = open_no_follow(Path(entry.path), single_link=True)
+            with os.fdopen(fd, "rb") as file:
+                outputs[name] = file.read(MAX_OUTPUT_FILE + 1)
+            total += len(outputs[name])
+            continue
+        skipped.setdefault(reason, []).append(name if SAFE_NAME.match(name) else repr(name)[:40])
+    notes = [f"{', '.join(names[:3])}{f' and {len(names) - 3} more' if len(names) > 3 else ''} ({reason})"
+             for reason, names in sorted(skipped.items())]
+    return outputs, notes
+
+
+def remove_tree(folder: Path) -> None:
+    """Delete a job's workspace whatever train.py left in it (deep folders, folders without permissions)."""
+    if not folder.exists():
+        return
+    subprocess.run(["chmod", "-R", "u+rwX", str(folder)], capture_output=True, check=False)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(folder)], capture_output=True, check=False)
 
 
 def command_for(job: Job, deadline: float | None) -> list[str]:
@@ -237,10 +256,13 @@ def run_job(job: Job, backend: str, *, jobs_root: Path, repo: Path | None = None
                 kind = "sandbox"
             else:
                 kind = "oom" if OOM_PATTERN.search(tail) else "crash"
-        outputs, skipped = collect_outputs(workspace / "out") if kind == "ok" else ({}, [])
+        try:
+            outputs, skipped = collect_outputs(workspace / "out") if kind == "ok" else ({}, [])
+        except OSError as exc:
+            outputs, skipped = {}, [f"out/ could not be read ({exc.strerror or exc})"]
         return JobResult(kind, process.returncode, seconds, tail, outputs, skipped, whole, worker)
     finally:
-        shutil.rmtree(workspace, ignore_errors=True)
+        remove_tree(workspace)
         group.remove()
 
 

@@ -27,9 +27,9 @@ def parse(data: bytes, where: str = RESULTS_FILE) -> tuple[list[str], list[dict[
     text = data.decode("utf-8", errors="replace")
     if not text.strip():
         return [], []
-    header = text.splitlines()[0].split("\t")
+    header = text.split("\n", 1)[0].rstrip("\r").split("\t")
     if PLAIN_CELLS_MARKER in header:
-        lines = text.splitlines()[1:]
+        lines = text.split("\n")[1:]  # only the loop's own newline ends a row
         rows = [dict(zip(header, line.split("\t"))) for line in lines if line.strip()]
     else:
         rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t"))
@@ -44,6 +44,13 @@ def _unescape(value: str) -> str:
     out, index = [], 0
     while index < len(value):
         char = value[index]
+        if char == "\\" and value[index + 1: index + 2] == "u" and len(value[index + 2: index + 6]) == 4:
+            try:
+                out.append(chr(int(value[index + 2: index + 6], 16)))
+                index += 6
+                continue
+            except ValueError:
+                pass
         if char == "\\" and index + 1 < len(value):
             following = value[index + 1]
             out.append({"t": "\t", "n": "\n", "\\": "\\"}.get(following, "\\" + following))

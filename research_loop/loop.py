@@ -97,6 +97,7 @@ class LoopSummary:
     hours: float = 0.0
     overheads_s: list[float] = field(default_factory=list)
     interrupted: int = 0  # candidates committed but not logged: they run when the night resumes
+    sandbox: str = ""  # the backend the night's train.py ran in ("none": UNSANDBOXED)
 
 
 def make_executor(config: LoopConfig, ws: Workspace, backend: str, private: list[Path]):
@@ -150,7 +151,7 @@ def _run(config: LoopConfig, agent: Agent, ws: Workspace, files, executor, base:
     for record in session.records:
         session.remember(record)
     progress.set_best(session.best())
-    summary = LoopSummary(tag=ws.tag, stop_reason="", ok=True)
+    summary = LoopSummary(tag=ws.tag, stop_reason="", ok=True, sandbox=files.backend)
     with progress, stop.handlers():
         for note in [*files.notes, files.backend_note if files.backend == "none" else "", *notes]:
             if note:

@@ -11,6 +11,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from .hygiene import plain_text
 from .records import RunRecord
 from .state import score_text
 
@@ -77,9 +78,9 @@ class Progress:
 
     def note(self, message: str) -> None:
         """Something the human should see now (stop requested, agent retrying, a restored file, ...)."""
-        self.message = message
+        self.message = plain_text(message, 1000)
         if not self.quiet:
-            self.console.print(message, highlight=False, markup=False, soft_wrap=True)
+            self.console.print(self.message, highlight=False, markup=False, soft_wrap=True)
 
     def set_best(self, record: RunRecord | None) -> None:
         self.best = f"run {record.run}: strict F1 {score_text(record, self.unit)}" if record else "-"
@@ -95,4 +96,4 @@ class Progress:
         line = (f"run {record.run}: {record.status}{score} [{record.direction or '-'}] {record.description}"
                 + (f" ({record.note})" if record.note else "") + (" UNSANDBOXED" if unsandboxed else ""))
         if not self.quiet:
-            self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+            self.console.print(plain_text(line, 2000), highlight=False, markup=False, soft_wrap=True)

@@ -9,9 +9,8 @@
 
 from __future__ import annotations
 
-import shutil
-
 from .executors import kill_stale
+from .jobs import remove_tree
 from .gitops import TRAIN_FILE, Git, branch_name
 from .night import NightError
 from .records import RunRecord, Status
@@ -91,10 +90,10 @@ def reconcile(session: Session, recorder: Recorder, baseline_commit: str) -> lis
     """The queue to start the session with: the baseline when it has no row yet, then every interrupted
     candidate in run order."""
     ws, repo_git = session.ws, session.files.git
-    for pid_file in ws.tag_dir.glob("**/train.pid"):
+    for pid_file in (ws.store / "pids").glob("*.pid"):  # the loop's own pid files, never a run folder's
         if kill_stale(pid_file):
-            session.progress.note(f"killed a train.py left running by a killed loop ({pid_file.parent.name})")
-    shutil.rmtree(ws.jobs_root, ignore_errors=True)
+            session.progress.note(f"killed a train.py left running by a killed loop ({pid_file.stem})")
+    remove_tree(ws.jobs_root)
     queue = []
     if session.baseline() is None:
         base = Candidate(session.next_run(), baseline_commit, repo_git.show(baseline_commit), "",

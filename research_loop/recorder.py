@@ -17,6 +17,7 @@ from .agents.base import Outcome, observe
 from .gitops import unified_diff
 from .ledger import now_iso
 from .records import RunRecord, Status
+from .hygiene import plain_text
 from .redact import redact
 from .safe_io import write_atomically
 from .session import Session
@@ -71,10 +72,11 @@ class Recorder:
 
     def blank(self, run: int, status: Status, note: str, candidate=None, proposal=None, usage=None) -> RunRecord:
         source = candidate or proposal
-        record = RunRecord(run=run, tag=self.session.ws.tag, status=status, note=redact(note),
+        record = RunRecord(run=run, tag=self.session.ws.tag, status=status, note=plain_text(redact(note), 600),
                            sandbox=self.session.files.backend, timestamp=now_iso())
         if source is not None:
-            record.description, record.direction = redact(source.hypothesis), source.direction
+            record.description = plain_text(redact(source.hypothesis), 2000)
+            record.direction = plain_text(source.direction, 80)
         if candidate is not None:
             record.cost_usd, record.tokens_in, record.tokens_out = candidate.cost_usd, candidate.tokens_in, candidate.tokens_out
             record.parent = candidate.parent

@@ -64,9 +64,22 @@ def entity_types_in(columns: list[str]) -> list[str]:
             if column.startswith("strict_f1_") and column != "strict_f1_sd"]
 
 
+ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": ""}
+
+
 def escape_cell(value: object) -> str:
-    """A cell that cannot break the TSV: tabs and newlines become visible escapes."""
-    return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "").replace("\n", "\\n")
+    """A cell that cannot break the TSV or a line-based reader: tabs and newlines become \\t and \\n; every
+    other control or line-separator character, and any lone surrogate, becomes \\uXXXX."""
+    out = []
+    for char in str(value):
+        code = ord(char)
+        if char in ESCAPES:
+            out.append(ESCAPES[char])
+        elif code < 32 or 0x7F <= code <= 0x9F or char in "\u2028\u2029" or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def _f(value: float | None) -> str:

@@ -21,8 +21,9 @@ KEY_SHAPES = re.compile(
     r"|AKIA[0-9A-Z]{16}"
     r"|xox[abprs]-[A-Za-z0-9\-]{10,}"
     r"|(?i:bearer)\s+[A-Za-z0-9._\-]{16,}"
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
 )
+PEM_BEGIN, PEM_END = "-----BEGIN ", "-----END "
+MAX_REDACTED_CHARS = 2_000_000  # text past this is cut, not scanned (prompts are far smaller)
 
 
 def is_secret_name(name: str) -> bool:
@@ -41,6 +42,25 @@ def redact(text: str, environ: dict[str, str] | None = None) -> str:
     """text with every known secret value and every key-shaped string replaced by [redacted]."""
     if not text:
         return text
+    text = text[:MAX_REDACTED_CHARS]
     for value in secret_values(environ):
         text = text.replace(value, REDACTED)
-    return KEY_SHAPES.sub(REDACTED, text)
+    return _private_keys(KEY_SHAPES.sub(REDACTED, text))
+
+
+def _private_keys(text: str) -> str:
+    """PEM private key blocks cut out, in one pass over the text (no backtracking regex)."""
+    out, position, end = [], 0, -1
+    while (start := text.find(PEM_BEGIN, position)) != -1:
+        if end < start:
+            end = text.find(PEM_END, start)
+            if end == -1:
+                break  # no block closes after this: nothing more to cut
+        if "PRIVATE KEY" not in text[start:start + 80]:
+            out.append(text[position:start + len(PEM_BEGIN)])
+            position = start + len(PEM_BEGIN)
+            continue
+        close = text.find("-----", end + len(PEM_END))
+        out.append(text[position:start] + REDACTED)
+        position = close + 5 if close != -1 else len(text)
+    return "".join(out) + text[position:]

@@ -22,8 +22,10 @@ import glob
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,11 @@ BACKENDS = ("bwrap", "unshare", "none")
 SETUP_FAILED = 125  # sandbox_init.py's exit code when the view could not be built
 GPU_DEVICE_PATTERNS = ("/dev/nvidia*", "/dev/nvidia-caps/*", "/dev/dri/*", "/dev/kfd")
 SANDBOX_HOME = "/tmp/home"
+# Files of /etc that hold secrets (readable through owner bits when the loop runs as root) or a machine's
+# environment: hidden too. train.py needs none of them.
+ETC_SECRETS = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers", "/etc/sudoers.d",
+               "/etc/ssh", "/etc/ssl/private", "/etc/environment", "/etc/credstore", "/etc/credstore.encrypted",
+               "/etc/netrc", "/etc/security/opasswd", "/etc/krb5.keytab", "/etc/docker", "/etc/containers/auth.json")
 # Top-level folders train.py sees (read-only); every other top-level entry is hidden.
 SYSTEM_FOLDERS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "opt", "nix", "proc", "dev",
                   "sys", "tmp")
@@ -97,40 +104,52 @@ class SandboxSpec:
 # ----- What the view hides and shows again -----
 
 
-def hub_cache() -> Path | None:
-    """The Hugging Face hub cache (models), shown read-only; HF_HOME itself may hold a token and stays hidden."""
+def hub_models() -> tuple[Path | None, list[str]]:
+    """The Hugging Face hub cache and its model folders: only models--* are shown (read-only). The rest stays
+    hidden: HF_HOME may hold a token, and datasets--* folders (prepare.py --hf) hold the unsplit gold."""
     try:
         from huggingface_hub import constants
     except ImportError:
-        return None
-    path = Path(constants.HF_HUB_CACHE)
-    return path if path.is_dir() else None
+        return None, []
+    hub = Path(constants.HF_HUB_CACHE)
+    if not hub.is_dir():
+        return None, []
+    return hub, sorted(str(path) for path in hub.glob("models--*") if path.is_dir() and not path.is_symlink())
 
 
-def python_paths(repo: Path | None) -> list[str]:
-    """The interpreter and every import path train.py needs (a venv inside the repository included, the
-    repository itself not)."""
-    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable)),
-                  *sys.path]
-    paths = []
-    for candidate in candidates:
-        if not candidate or not os.path.isdir(candidate):
-            continue
-        path = os.path.realpath(candidate)
-        if repo is not None and (path == str(repo) or path.startswith(str(repo) + os.sep)):
-            if "site-packages" not in path and not _in_venv(Path(path), repo):
-                continue
-        paths.append(path)
-    return _outermost(paths)
+def python_paths() -> list[str]:
+    """What the interpreter needs, and only that: its binary (as started, so a venv stays a venv), the lib
+    folders of its prefixes (stdlib, site-packages, libpython) and the user site. Not the script's folder,
+    PYTHONPATH or other sys.path entries (a project folder may hold gold data), not a prefix's bin/ (an
+    activate script may export a key) or conda-meta/."""
+    files = [sys.executable, os.path.realpath(sys.executable), os.path.join(sys.prefix, "pyvenv.cfg")]
+    folders = []
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}:
+        folders += [os.path.join(prefix, name) for name in ("lib", "lib64")]
+    folders += [sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")]
+    folders += [site.getusersitepackages()]
+    folders += [path for path in sys.path if path and {"site-packages", "dist-packages"} & set(path.split(os.sep))]
+    return ([os.path.abspath(path) for path in files if path and os.path.isfile(path)]
+            + [os.path.realpath(path) for path in folders if path and os.path.isdir(path)])
 
 
-def _in_venv(path: Path, stop: Path) -> bool:
-    for folder in (path, *path.parents):
-        if folder == stop:
-            return False
-        if (folder / "pyvenv.cfg").is_file():
-            return True
-    return False
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _in_venv(path: str) -> bool:
+    return "site-packages" in path.split("/") or any(
+        (folder / "pyvenv.cfg").is_file() for folder in (Path(path), *Path(path).parents))
+
+
+def shown_paths(candidates: list[str], private: list[str], strict: list[str]) -> list[str]:
+    """The folders (and files) shown again under the masks: none that is, or holds, a private path (the
+    repository, the loop's cache, the data's sources, the user's home), and none inside a strict one (the
+    repository, the cache, the sources) but a venv or site-packages, whatever sys.path says."""
+    kept = [path for path in candidates
+            if not any(_within(hidden, path) for hidden in private)
+            and not any(_within(path, hidden) and not _in_venv(path) for hidden in strict)]
+    return _outermost(kept)
 
 
 def _outermost(paths: list[str]) -> list[str]:
@@ -151,7 +170,7 @@ def hidden_paths(repo: Path | None, private: list[Path]) -> list[str]:
         if entry.name not in SYSTEM_FOLDERS and not entry.is_symlink():
             paths.append(entry.path)
     paths += [str(path) for path in private] + ([str(repo)] if repo is not None else [])
-    paths += ["/tmp", os.path.expanduser("~")]
+    paths += ["/tmp", os.path.expanduser("~"), *ETC_SECRETS]
     real = {os.path.realpath(path) for path in paths if os.path.lexists(path)}
     return _outermost(sorted(real - {"/", *(f"/{name}" for name in SYSTEM_FOLDERS if name != "tmp")}))
 
@@ -178,12 +197,14 @@ def sandbox_env(base: dict[str, str], hub: Path | None) -> dict[str, str]:
 
 def make_spec(workspace: Path, out_dir: Path, command: list[str], base_env: dict[str, str], repo: Path | None,
               private: list[Path], limits: Limits = Limits()) -> SandboxSpec:
-    hub = hub_cache()
-    libraries = [path for path in base_env.get("LD_LIBRARY_PATH", "").split(":") if path and os.path.isdir(path)]
-    shown = python_paths(repo) + libraries + ([str(hub)] if hub is not None else []) + [str(workspace)]
+    hub, models = hub_models()
+    libraries = [os.path.realpath(path) for path in base_env.get("LD_LIBRARY_PATH", "").split(":")
+                 if path and os.path.isdir(path)]
+    strict = [os.path.realpath(path) for path in [*map(str, private)] + ([str(repo)] if repo is not None else [])]
+    secret = strict + [os.path.realpath(os.path.expanduser("~"))] + ([str(hub.parent)] if hub is not None else [])
+    shown = shown_paths(python_paths() + libraries, secret, strict) + models + [str(workspace)]
     return SandboxSpec(workspace=workspace, out_dir=out_dir, command=command, env=sandbox_env(base_env, hub),
-                       masks=hidden_paths(repo, private), ro_binds=_outermost(shown), devices=gpu_devices(),
-                       limits=limits)
+                       masks=hidden_paths(repo, private), ro_binds=shown, devices=gpu_devices(), limits=limits)
 
 
 # ----- Backends: each turns a spec into the argv that starts it -----

@@ -132,6 +132,16 @@ def minimal_dev(device_fds: dict[str, int], shm_size: int) -> None:
         os.symlink(target, "/dev/" + name)
 
 
+def no_more_user_namespaces() -> None:
+    """As bubblewrap's --disable-userns: train.py cannot make a namespace of its own (where it would hold
+    every capability again); the limit is per user namespace."""
+    try:
+        with open("/proc/sys/user/max_user_namespaces", "w") as file:
+            file.write("0\n")
+    except OSError:
+        pass  # an older kernel: the mounts stay locked in any namespace train.py makes
+
+
 def drop_capabilities() -> None:
     prctl(PR_SET_SECUREBITS, SECURE_BITS_ALL_LOCKED)  # uid 0 gains nothing at exec
     with open("/proc/sys/kernel/cap_last_cap") as file:
@@ -185,6 +195,7 @@ def enter(spec: dict) -> None:
     try:
         build_view(spec)
         os.chdir(spec["cwd"])
+        no_more_user_namespaces()
         drop_capabilities()
     except (SetupError, OSError) as exc:
         fail(str(exc))

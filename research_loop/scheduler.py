@@ -192,8 +192,12 @@ class Scheduler:
                   budget_s=self.options.run_budget_s, extra_args=self.options.train_options,
                   label=f"run {candidate.run} {session.unit} {fold if fold is not None else seed}")
         folder = session.ws.trial_dir(candidate.run, index, seed, fold)
+        if folder.exists() and not folder.is_dir() or folder.is_symlink():
+            folder.unlink()  # not the loop's: trial folders are made only here
         folder.mkdir(parents=True, exist_ok=True)
-        ticket = Ticket(candidate.run, index, folder / "run.log", folder / "train.pid", with_test=with_test)
+        pid_file = session.ws.store / "pids" / f"{candidate.run:04d}-{index}.pid"  # out of train.py's reach
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        ticket = Ticket(candidate.run, index, folder / "run.log", pid_file, with_test=with_test)
         trial.running.add(index)
         self.tickets[(candidate.run, index)] = ticket
         session.executor.submit(job, ticket)
@@ -361,7 +365,10 @@ class Scheduler:
             live = {"pid": os.getpid(), "updated": now, "activity": session.progress.activity, "queued": queued,
                     "jobs": [{"what": what, "started": now - (time.monotonic() - since)} for what, since in jobs],
                     "utilisation": utilisation}
-            write_atomically(session.ws.tag_dir / LIVE_FILE, json.dumps(live) + "\n")
+            try:
+                write_atomically(session.ws.tag_dir / LIVE_FILE, json.dumps(live) + "\n")
+            except OSError:
+                pass  # a full disk must not end the night over a status file
         if not self.tickets and not self.intake.proposals.busy:
             session.progress.doing("deciding")
 

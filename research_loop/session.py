@@ -11,12 +11,18 @@ from .config_block import normalised
 from .night import NightFiles
 from .progress import Progress
 from .records import RunRecord, Status
+from .hygiene import plain_lines
 from .redact import redact
 from .safe_io import read_tail, read_text, write_atomically
 from .stopping import Budget, StopControl
 from .workspace import PROGRAM_FILE, Workspace
 
 RECENT_ROWS = 20  # rows of results.tsv shown to the agent
+MAX_SECTION_CHARS = 60_000  # a prompt section past this is cut (a huge train.py output cannot flood the prompt)
+
+
+def clipped(text: str) -> str:
+    return text if len(text) <= MAX_SECTION_CHARS else text[:MAX_SECTION_CHARS] + "\n[... cut here ...]"
 
 
 @dataclass
@@ -118,11 +124,12 @@ class Session:
         task_card = read_text(self.ws.repo / "data" / "task.md", default="")
         return Context(
             repo=self.ws.repo, program_md=read_text(self.ws.repo / PROGRAM_FILE, default=""),
-            current_state_md=redact(read_text(self.ws.state_path, default="")),
-            recent_results=redact(self.recent_results()), train_py=train_py,
+            current_state_md=clipped(redact(read_text(self.ws.state_path, default=""))),
+            recent_results=clipped(redact(self.recent_results())), train_py=train_py,
             last_log_path=log if log is not None and log.is_file() else None,
-            last_log_tail=redact(self.last_failure_tail or read_tail(log)) if failed and log else None,
-            feedback=redact(feedback) if feedback else None, in_flight=in_flight, task_card=redact(task_card),
+            last_log_tail=plain_lines(redact(self.last_failure_tail or read_tail(log))) if failed and log else None,
+            feedback=clipped(redact(feedback)) if feedback else None, in_flight=in_flight,
+            task_card=clipped(redact(task_card)),
             runs_so_far=len(self.records))
 
     def write_state(self, in_flight: list[str]) -> None:

@@ -7,16 +7,21 @@ reuses the trials that finished and runs again only the ones that were interrupt
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .acceptance import AcceptancePolicy, Standing, TrialKey, Verdict
+from .hygiene import plain_text
 from .jobs import JobResult, parse_printed
 from .safe_io import read_text, write_atomically
 from .scoring import Scorer, TrialScore
 
 TRIAL_FILE = "trial.json"
-LOOP_FILES = ("run.log", TRIAL_FILE, "timing.json", "attempts", "train.pid", "proposal_train.py")
+LOOP_FILES = ("run.log", TRIAL_FILE, "timing.json", "attempts", "train.pid", "proposal_train.py", "tampered",
+              "consensus", "submission.csv")
+LOOP_NAMES = re.compile(r"^(seed|fold)-\d+$|^tampered")  # the loop's own folders inside a run folder
 
 
 @dataclass
@@ -72,20 +77,22 @@ class TrialOutcome:
 
 
 def _number(text: str | None) -> float | None:
+    """A finite number from the printed block, else None (train.py's `nan` or `inf` never reach a row)."""
     try:
-        return float(text)
+        value = float(str(text)[:40])
     except (TypeError, ValueError):
         return None
+    return value if math.isfinite(value) else None
 
 
 def save_outputs(result: JobResult, folder: Path) -> list[str]:
     """Write what train.py left in out/ into the trial's folder (the loop's own file names excepted)."""
     notes = list(result.skipped)
-    for relative, data in result.outputs.items():
-        if relative.split("/")[0] in LOOP_FILES:
-            notes.append(f"{relative} (a name the loop uses)")
+    for name, data in result.outputs.items():
+        if name in LOOP_FILES or LOOP_NAMES.match(name):
+            notes.append(f"{name} (a name the loop uses)")
             continue
-        write_atomically(folder / relative, data)
+        write_atomically(folder / name, data)
     return notes
 
 
@@ -94,8 +101,8 @@ def outcome_of(result: JobResult, index: int, key: TrialKey, commit: str, folder
     """Save a finished job's outputs, score its val predictions, and describe it as a TrialOutcome."""
     seed, fold = key
     printed = parse_printed(result.log_tail)
-    outcome = TrialOutcome(index, seed, fold, commit, result.kind, result.seconds, worker=result.worker,
-                           device=printed.get("device", ""), epochs=_number(printed.get("epochs")),
+    outcome = TrialOutcome(index, seed, fold, commit, result.kind, result.seconds, worker=result.worker[:80],
+                           device=plain_text(printed.get("device", ""), 40), epochs=_number(printed.get("epochs")),
                            peak_vram_mb=_number(printed.get("peak_vram_mb")), predicted_test=predicted_test)
     folder.mkdir(parents=True, exist_ok=True)
     skipped = save_outputs(result, folder) if result.kind == "ok" else []
@@ -108,8 +115,11 @@ def outcome_of(result: JobResult, index: int, key: TrialKey, commit: str, folder
             outcome.score = scorer.score_file(folder / "pred_val.jsonl", gold).to_json()
         except scorer.error as exc:
             outcome.kind, outcome.note = "unusable", f"unusable predictions: {exc}"
+        except (ValueError, RecursionError, MemoryError, OSError) as exc:  # the scorer must never end the night
+            outcome.kind, outcome.note = "unusable", f"unusable predictions: {type(exc).__name__}"
     if skipped:
         outcome.note = (outcome.note + "; " if outcome.note else "") + "not kept from out/: " + ", ".join(skipped)
+    outcome.note = plain_text(outcome.note, 600)
     outcome.save(folder)
     return outcome
 

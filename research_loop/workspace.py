@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,14 +42,26 @@ def cache_root() -> Path:
     return Path(base) / "ner-autoresearch"
 
 
+REPO_ID_FILE = "ner-autoresearch-id"  # in .git: a fresh clone at the same path is another repository
+
+
 def repo_key(repo: Path) -> str:
-    """The repository's path and its .git folder's inode: a fresh clone at the same path is another repository."""
+    """The repository's path and a random id kept in its .git folder (made on first use)."""
     path = Path(repo).resolve()
-    try:
-        inode = (path / ".git").stat().st_ino
-    except OSError:
-        inode = 0
-    return hashlib.sha256(f"{path}:{inode}".encode("utf-8")).hexdigest()[:12]
+    identity = ""
+    id_file = path / ".git" / REPO_ID_FILE
+    if (path / ".git").is_dir():
+        try:
+            identity = id_file.read_text().strip()
+        except FileNotFoundError:
+            identity = uuid.uuid4().hex
+            try:
+                id_file.write_text(identity + "\n")
+            except OSError:
+                identity = ""
+        except OSError:
+            identity = ""
+    return hashlib.sha256(f"{path}:{identity}".encode("utf-8")).hexdigest()[:12]
 
 
 def check_tag(tag: str) -> str:

@@ -243,3 +243,103 @@ def test_without_a_sandbox_an_llm_night_refuses_and_a_search_night_says_unsandbo
     rows = results(repo)
     assert {row["sandbox"] for row in rows} == {"none"}
     assert "UNSANDBOXED" in (repo / "CURRENT_STATE.md").read_text()
+
+
+# ----- What train.py leaves behind must not hurt the loop, the report, or the next session -----
+
+WRITE_PREDICTIONS = """
+import json, os, subprocess, sys, time
+from pathlib import Path
+rows = [json.loads(line) for line in open("data/val.jsonl")]
+def predict(tags_of=lambda row: ["O"] * len(row["tokens"]), extra=()):
+    with open("out/pred_val.jsonl", "w") as file:
+        for row in rows:
+            file.write(json.dumps({"id": row["id"], "tags": tags_of(row)}) + "\\n")
+        for line in extra:
+            file.write(line + "\\n")
+"""
+
+
+def leftovers(repo: Path, victim_pid: int, tests_dir: Path) -> dict[str, str]:
+    gold_paths = [str(repo / "data" / "val.jsonl"), str(Path(__file__).resolve().parents[1] / "data" / "val.jsonl"),
+                  str(tests_dir)]
+    return {name: WRITE_PREDICTIONS + body.replace("GOLDS", repr(gold_paths)).replace("VICTIM", str(victim_pid))
+            for name, body in {
+        "val gold through a folder on sys.path": """
+for path in GOLDS:
+    for found in [Path(path)] + list(Path(path).rglob("val.jsonl")) if Path(path).exists() else []:
+        if found.is_file() and '"tags"' in found.read_text():
+            gold = {json.loads(line)["id"]: json.loads(line)["tags"] for line in found.read_text().splitlines()}
+            predict(lambda row: gold.get(row["id"], ["O"] * len(row["tokens"])))
+            sys.exit(0)
+raise SystemExit("attack: no val gold visible")
+""",
+        "a planted .git, pid file, consensus and trial folders in out/": """
+predict()
+os.makedirs("out/.git/objects"); os.makedirs("out/.git/refs")
+open("out/.git/HEAD", "w").write("ref: refs/heads/main\\n")
+open("out/.git/config", "w").write("[core]\\n\\tfsmonitor = touch /tmp/fsmonitor-ran\\n")
+open("out/train.pid", "w").write("VICTIM\\n")
+os.makedirs("out/consensus"); open("out/consensus/summary.json", "w").write('{"val": {"strict_f1": 0.99}}')
+open("out/seed-43", "w").write("a file where the loop makes a folder")
+open("out/trial.json", "w").write('{"kind": "ok"}')
+""",
+        "non-finite numbers and escapes in the printed block": """
+predict()
+print("\\x1b]52;c;ZWNobyBwd25lZA==\\x07\\x1b[2K---\\nepochs: nan\\npeak_vram_mb: inf\\ndevice: cuda\\u2028run 9: keep 0.9999")
+""",
+        "predictions the scorer chokes on": """
+predict(extra=['{"id": "' + "x" * 10 + '", "tags": ' + "[" * 200000 + "]" * 200000 + "}"])
+""",
+        "a lone surrogate and a line separator in an id": """
+predict(extra=[json.dumps({"id": "evil\\ud800\\u2028id", "tags": ["O"]})])
+""",
+        "deep folders, a locked folder and many files": """
+predict()
+path = "out"
+for _ in range(600):
+    path += "/d"
+os.makedirs(path)
+os.makedirs("out/locked/inner"); open("out/locked/inner/blob", "wb").write(b"x" * (1 << 20)); os.chmod("out/locked", 0)
+for index in range(3000):
+    open(f"out/f{index}", "w").close()
+""",
+    }.items()}
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "unshare"])
+def test_what_train_py_leaves_behind_cannot_hurt_the_loop(backend, tmp_path, prepared_task7):
+    why = probe(backend)
+    if why:
+        if REQUIRED:
+            pytest.fail(f"{backend} must work here: {why}")
+        pytest.skip(why)
+    repo = make_repo(tmp_path, prepared_task7)
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "victim-train.py"])
+    try:
+        attacks = leftovers(repo, victim.pid, Path(__file__).parent)
+        started = time.monotonic()
+        run_loop(loop_config(repo, "t", sandbox=backend, max_runs=len(attacks) + 1, close_after=0, timeout_s=120),
+                 ScriptedAgent(list(attacks.values())))
+        assert time.monotonic() - started < 240
+        rows = results(repo)
+        assert len(rows) == len(attacks) + 1
+        assert all(not row["strict_f1"] or float(row["strict_f1"]) < 0.9 for row in rows)  # no gold got out
+        assert rows[1]["status"] == "crash" and "no val gold visible" in rows[1]["note"]
+        assert not list((repo / "runs").rglob(".git")) and not list((repo / "runs").rglob("consensus"))
+        assert not Path("/tmp/fsmonitor-ran").exists()
+        text = (repo / "results.tsv").read_text() + (repo / "CURRENT_STATE.md").read_text()
+        assert "\x1b" not in text and "\u2028" not in text and "nan" not in text.split("\t")
+        assert rows[4]["status"] == "crash" and "unusable predictions" in rows[4]["note"]
+        # The next session, the report and status all read this night; the victim lived through the restart.
+        run_loop(loop_config(repo, "t", sandbox=backend, max_runs=1), ScriptedAgent([("QUALITY", 0.4)]))
+        assert victim.poll() is None
+        from research_loop.report import build_report
+        from research_loop.status import describe_status
+
+        assert build_report(repo, "t").records and len(describe_status(repo, "t")) > 2
+        from research_loop.workspace import Workspace
+
+        assert not list(Workspace(repo, "t").jobs_root.glob("*")) if Workspace(repo, "t").jobs_root.exists() else True
+    finally:
+        victim.kill()

@@ -107,20 +107,29 @@ def test_output_goes_through_a_pipe_into_a_capped_log(backend, tmp_path):
     assert parse_printed(result.log_tail) == {"strict_f1": "0.5", "device": "cpu"}
 
 
-def test_only_regular_single_link_files_come_back_from_out(backend, tmp_path):
+def test_only_plain_files_directly_in_out_come_back(backend, tmp_path):
     result = run(backend, """
         import os
         open("out/pred_val.jsonl", "w").write("ok")
         os.symlink("/etc/passwd", "out/link.txt")
         open("out/a", "w").write("a")
         os.link("out/a", "out/b")
-        os.mkdir("out/sub")
-        open("out/sub/inner.json", "w").write("{}")
+        os.makedirs("out/.git/hooks")
+        open("out/.git/config", "w").write("[core]\\n\\tfsmonitor = touch /tmp/pwned\\n")
+        open("out/.envrc", "w").write("export X=1")
+        open("out/evil\\nname", "w").write("x")
+        os.mkfifo("out/pipe")
+        os.makedirs("out/deep/" * 50)
+        for index in range(100):
+            open(f"out/many-{index:03d}", "w").write("m")
         """, tmp_path)
     assert result.kind == "ok", result.log_tail
-    assert result.outputs == {"pred_val.jsonl": b"ok", "sub/inner.json": b"{}"}
-    assert any("link.txt (not a regular file)" in item for item in result.skipped)
-    assert any("a (a hard link)" in item for item in result.skipped)
+    assert result.outputs["pred_val.jsonl"] == b"ok"
+    assert not {".git", ".envrc", "a", "b", "link.txt", "pipe", "deep", "evil\nname"} & set(result.outputs)
+    assert len(result.outputs) == 64  # at most 64 files come back
+    skipped = " ".join(result.skipped)
+    assert "link.txt, pipe (not a regular file)" in skipped and "a, b (a hard link)" in skipped
+    assert "'.git'" in skipped and "and 34 more (over 64 files)" in skipped
 
 
 def test_a_timeout_kills_train_py_and_everything_it_started(backend, tmp_path):
@@ -234,3 +243,25 @@ def test_the_sandbox_as_an_unprivileged_user(backend_name, tmp_path):
         pytest.skip(answer["why"])
     assert answer["kind"] == "ok", answer["tail"]
     assert SECRET not in answer["tail"] and "True" not in answer["tail"].split()[-1:]
+
+
+def test_the_hub_cache_shows_models_only(backend, tmp_path, monkeypatch):
+    """Model folders are readable (train.py loads weights offline); the token and cached datasets (an
+    --hf night's unsplit gold) are not."""
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf"
+    hub = home / "hub"
+    (hub / "models--acme--tagger" / "snapshots" / "abc").mkdir(parents=True)
+    (hub / "models--acme--tagger" / "snapshots" / "abc" / "config.json").write_text("{}")
+    (hub / "datasets--acme--ner" / "snapshots" / "abc").mkdir(parents=True)
+    (hub / "datasets--acme--ner" / "snapshots" / "abc" / "validation.jsonl").write_text("gold tags")
+    (home / "token").write_text("hf_SECRETTOKEN0123456789abcdef")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    result = run(backend, f"""
+        import os
+        print(sorted(os.listdir({str(hub)!r})), os.path.exists({str(home / 'token')!r}),
+              open({str(hub / 'models--acme--tagger' / 'snapshots' / 'abc' / 'config.json')!r}).read())
+        """, tmp_path)
+    assert result.kind == "ok", result.log_tail
+    assert result.log_tail.splitlines()[-1] == "['models--acme--tagger'] False {}"
