@@ -2,8 +2,14 @@
 
 python prepare.py                          Task 7 train/dev CSVs from the organisers' repository
 python prepare.py --source DIR             the same CSVs from a local folder (sha256-checked)
-python prepare.py --format conll --source DIR   train.tsv / devel.tsv / test.tsv, token<TAB>tag
+python prepare.py --format conll --source DIR   train.tsv, devel.tsv (optionally test.tsv), token<TAB>tag
 python prepare.py --hf DATASET_ID_OR_SAVED_DIR  a Hugging Face dataset (tokens, ner_tags)
+  --test FILE            unlabeled test CSV (ID,tokens) -> data/test.jsonl
+  --aux NAME=SOURCE      an auxiliary NER set for transfer (CoNLL folder or HF dataset) -> data/aux/NAME/
+  --task-card FILE       your own task description for the agent, instead of the one written from the data
+
+Outside the repository, in the per-user cache (cache_dir()), it writes the holdout gold and a prepared
+stamp: which manifest it wrote for this data folder, so the loop can tell a re-preparation from tampering.
 """
 
 from __future__ import annotations
@@ -11,12 +17,14 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import datetime
 import hashlib
 import json
 import os
 import random
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import urllib.request
@@ -41,7 +49,17 @@ TASK7_SHA256 = {
 TASK7_TEST_SHA256 = "4fa37b47c36ee4a127eb994aa3f32b4f40533f7bcad17a33babb1e98b8a51518"
 
 TAG_PATTERN = re.compile(r"O|[BI]-\S+")
-OUTPUT_FILES = ("train.jsonl", "val.jsonl", "holdout.jsonl", "test.jsonl", "manifest.json")
+CONLL_FILES = ("train.tsv", "devel.tsv")  # test.tsv is optional
+TASK_CARD = "task.md"
+AUX_DIR = "aux"
+AUX_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# Written by each run, the manifest last; anything of these a run does not write is removed.
+OUTPUT_FILES = ("train.jsonl", "val.jsonl", "holdout.jsonl", "test.jsonl", TASK_CARD, "manifest.json")
+# What the task card says about the Task 7 entity types (the organisers' guidelines, in short).
+TASK7_TYPES = {
+    "ClinicalImpacts": "health consequences, such as overdose, withdrawal, addiction, hospital visits",
+    "SocialImpacts": "effects on life and relationships, such as job loss, arrests, family conflict, money",
+}
 
 
 class DataError(Exception):
@@ -124,11 +142,100 @@ def holdout_gold_path(data_dir: Path = DATA_DIR) -> Path:
     return cache_dir() / "holdout" / f"{sha256_file(holdout)}.jsonl"
 
 
+def aux_names(data_dir: Path = DATA_DIR) -> list[str]:
+    """The auxiliary data sets prepared with --aux (data/aux/<name>/), sorted; [] when there are none."""
+    return sorted(read_manifest(data_dir).get("aux", {}))
+
+
+def load_aux(name: str, data_dir: Path = DATA_DIR) -> tuple[list[dict], list[str]]:
+    """(rows, BIO labels) of one auxiliary data set; its labels are its own, not the target's."""
+    names = aux_names(data_dir)
+    if name not in names:
+        raise DataError(
+            f"no auxiliary data set {name!r} in {data_dir} (prepared: {', '.join(names) or 'none'}); "
+            "add one with `python prepare.py ... --aux NAME=SOURCE`"
+        )
+    folder = Path(data_dir) / AUX_DIR / name
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise DataError(f"{manifest_path}: not found; run `python prepare.py ... --aux {name}=SOURCE` again")
+    labels = json.loads(manifest_path.read_text(encoding="utf-8"))["labels"]
+    return read_jsonl(folder / "train.jsonl"), list(labels)
+
+
+def prepared_stamp_path(data_dir: Path = DATA_DIR) -> Path:
+    """Where prepare.py records what it wrote into data_dir: keyed by the folder's resolved path."""
+    key = hashlib.sha256(str(Path(data_dir).resolve()).encode("utf-8")).hexdigest()[:16]
+    return cache_dir() / "prepared" / f"{key}.json"
+
+
+def read_prepared_stamp(data_dir: Path = DATA_DIR) -> dict | None:
+    """{"data_dir", "manifest_sha256", "holdout_gold_sha256", "timestamp"}, or None when there is none."""
+    try:
+        stamp = json.loads(prepared_stamp_path(data_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def manifest_problems(data_dir: Path = DATA_DIR) -> list[str]:
+    """One line per problem, naming the file: a data file missing, changed or not in the manifest, or a
+    manifest that is not the one prepare.py last wrote here (its prepared stamp). [] when all is well.
+    The holdout gold itself is the loop's to check, against the manifest's holdout_gold_sha256."""
+    data_dir = Path(data_dir)
+    manifest_path = data_dir / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [f"{manifest_path}: not found; run `python prepare.py`"]
+    except (OSError, ValueError) as error:
+        return [f"{manifest_path}: unreadable ({error})"]
+    problems = []
+    expected = dict(manifest.get("files", {}))
+    for info in manifest.get("aux", {}).values():
+        expected.update(info.get("files", {}))
+    for name, sha256 in expected.items():
+        path = data_dir / name
+        if not path.is_file():
+            problems.append(f"{path}: missing (the manifest lists it)")
+        elif sha256_file(path) != sha256:
+            problems.append(
+                f"{path}: sha256 {sha256_file(path)[:12]}... differs from the manifest's {sha256[:12]}..."
+            )
+    for path in sorted(data_dir.rglob("*")):
+        relative = path.relative_to(data_dir)
+        hidden = any(part.startswith(".") for part in relative.parts)
+        if (
+            path.is_file()
+            and not hidden
+            and relative.as_posix() not in {*expected, "manifest.json", "README.md"}
+        ):
+            problems.append(f"{path}: not listed in the manifest")
+    stamp, stamp_path = read_prepared_stamp(data_dir), prepared_stamp_path(data_dir)
+    if stamp is None:
+        problems.append(f"{manifest_path}: no prepared stamp ({stamp_path}); run `python prepare.py` again")
+    else:
+        if stamp.get("manifest_sha256") != sha256_file(manifest_path):
+            problems.append(
+                f"{manifest_path}: not the manifest prepare.py wrote at {stamp.get('timestamp')} "
+                f"(sha256 differs from the prepared stamp {stamp_path})"
+            )
+        if stamp.get("holdout_gold_sha256") != manifest.get("holdout_gold_sha256"):
+            problems.append(
+                f"{manifest_path}: holdout_gold_sha256 differs from the prepared stamp {stamp_path}"
+            )
+    return problems
+
+
 # ----- Small file utilities -----
 
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -143,10 +250,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def jsonl_bytes(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    path.write_bytes(jsonl_bytes(rows))
+
+
+def write_json(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # ----- Validation -----
@@ -268,8 +383,9 @@ def read_conll(path: Path, prefix: str) -> list[dict]:
     return rows
 
 
-def read_hf(dataset_id: str) -> dict[str, list[dict]]:
-    """A Hugging Face dataset (hub id, or a folder saved with save_to_disk): splits train/validation/test."""
+def read_hf(dataset_id: str, required: tuple[str, ...] = ("train", "validation")) -> dict[str, list[dict]]:
+    """A Hugging Face dataset (hub id, or a folder saved with save_to_disk): {"train", "dev"?, "test"?}
+    from its splits train / validation / test; a split in `required` must be there."""
     import datasets  # slow to import; only this source needs it
     import huggingface_hub
 
@@ -289,7 +405,7 @@ def read_hf(dataset_id: str) -> dict[str, list[dict]]:
     result = {}
     for split, prefix in (("train", "train"), ("validation", "dev"), ("test", "test")):
         if split not in loaded:
-            if split == "test":
+            if split not in required:
                 continue
             raise DataError(f"{dataset_id}: missing split {split!r} (found: {list(loaded)})")
         result[prefix] = hf_rows(loaded[split], f"{dataset_id} [{split}]", prefix, labeled=prefix != "test")
@@ -363,10 +479,18 @@ def load_source(args, download_dir: Path) -> dict:
     if args.hf:
         data = read_hf(args.hf)
         return {**data, "source": args.hf, "format": "hf", "inputs": {}}
+    if args.source and not Path(args.source).is_dir():
+        raise DataError(f"{args.source}: not a folder; --source takes the folder that holds the data files")
     if args.format == "conll":
         if not args.source:
             raise DataError("--format conll needs --source DIR (a folder with train.tsv and devel.tsv)")
         folder = Path(args.source)
+        missing = [name for name in CONLL_FILES if not (folder / name).is_file()]
+        if missing:
+            raise DataError(
+                f"{folder / missing[0]}: file not found; --format conll expects train.tsv and devel.tsv "
+                f"(optionally test.tsv) in {folder}"
+            )
         data = {
             "train": read_conll(folder / "train.tsv", "train"),
             "dev": read_conll(folder / "devel.tsv", "dev"),
@@ -378,10 +502,62 @@ def load_source(args, download_dir: Path) -> dict:
         inputs = {name: sha256_file(folder / name) for name in names}
         return {**data, "source": str(folder.resolve()), "format": "conll", "inputs": inputs}
     folder = Path(args.source) if args.source else fetch_task7(download_dir)
+    has_csvs = all((folder / name).is_file() for name in TASK7_FILES.values())
+    if args.source and not has_csvs and any(folder.glob("*.tsv")):
+        raise DataError(
+            f"{folder}: no Task 7 CSVs ({', '.join(TASK7_FILES.values())}) but .tsv files; "
+            "for token<TAB>tag folders add `--format conll`"
+        )
     inputs = {name: check_sha256(folder / name, TASK7_SHA256[name]) for name in TASK7_FILES.values()}
     data = {split: read_task7_csv(folder / name, split) for split, name in TASK7_FILES.items()}
     source = str(folder.resolve()) if args.source else TASK7_URL
     return {**data, "source": source, "format": "task7", "inputs": inputs}
+
+
+def parse_aux_options(texts: list[str]) -> list[tuple[str, str]]:
+    """(name, source) for each --aux NAME=SOURCE, in order; DataError for a bad or repeated NAME."""
+    parsed, seen = [], set()
+    for text in texts:
+        name, sep, source = text.partition("=")
+        if not sep or not source:
+            raise DataError(f"--aux {text!r}: expected NAME=SOURCE, e.g. --aux ncbi=path/to/ncbi-disease")
+        if not AUX_NAME_PATTERN.fullmatch(name):
+            raise DataError(
+                f"--aux {text!r}: NAME must be a simple identifier (a letter, then letters, digits or _), "
+                f"not {name!r}"
+            )
+        if name in seen:
+            raise DataError(f"--aux {name}: given twice")
+        seen.add(name)
+        parsed.append((name, source))
+    return parsed
+
+
+def read_aux_source(name: str, source: str) -> dict:
+    """The labelled rows of an auxiliary set: train and devel (validation) together, since none of it is
+    scored; its test split is left out. Returns {"rows", "source", "format", "used", "inputs"}."""
+    folder = Path(source)
+    if folder.is_dir() and (folder / "train.tsv").is_file():
+        used = [file for file in CONLL_FILES if (folder / file).is_file()]
+        prefixes = {"train.tsv": "train", "devel.tsv": "dev"}  # row ids as for the main data
+        rows = [row for file in used for row in read_conll(folder / file, prefixes[file])]
+        inputs = {file: sha256_file(folder / file) for file in used}
+        return {
+            "rows": rows,
+            "source": str(folder.resolve()),
+            "format": "conll",
+            "used": used,
+            "inputs": inputs,
+        }
+    if folder.exists() and not (folder / "dataset_dict.json").is_file():
+        raise DataError(
+            f"--aux {name}={source}: expected a CoNLL folder (train.tsv, optionally devel.tsv) or a "
+            "Hugging Face dataset (a hub id or a save_to_disk folder)"
+        )
+    splits = read_hf(source, required=("train",))
+    used = ["train", "validation"] if "dev" in splits else ["train"]
+    rows = splits["train"] + splits.get("dev", [])
+    return {"rows": rows, "source": source, "format": "hf", "used": used, "inputs": {}}
 
 
 # ----- Split, count, write -----
@@ -421,6 +597,14 @@ def span_counts(rows: list[dict], types: list[str]) -> dict[str, int]:
     return {entity_type: counts.get(entity_type, 0) for entity_type in types}
 
 
+def entity_types_of(rows: list[dict]) -> list[str]:
+    return sorted({tag[2:] for row in rows for tag in row["tags"] if tag != "O"})
+
+
+def bio_labels(types: list[str]) -> list[str]:
+    return ["O"] + [f"{prefix}-{t}" for t in types for prefix in ("B", "I")]
+
+
 def check_unique_ids(splits: dict[str, list[dict]]) -> None:
     """Ids must be unique across every split, since predictions and gold are matched by id."""
     seen = {}
@@ -435,15 +619,14 @@ def tokens_only(rows: list[dict]) -> list[dict]:
     return [{"id": row["id"], "source_id": row["source_id"], "tokens": row["tokens"]} for row in rows]
 
 
-def build(data: dict, holdout_frac: float, seed: int, staging: Path) -> tuple[dict, list[dict]]:
-    """Write the split files into staging; return the manifest and the holdout gold rows."""
+def build(data: dict, holdout_frac: float, seed: int, staging: Path) -> tuple[dict, dict, list[dict]]:
+    """Write the split files into staging; return the manifest (not yet written), the rows of the splits the
+    task card may describe (train, val, test) and the holdout gold rows."""
     val, holdout = split_holdout(data["dev"], holdout_frac, seed)
     labeled = {"train": data["train"], "val": val, "holdout": holdout}
     test = data.get("test")
     check_unique_ids({**labeled, "test": test or []})
-    types = sorted(
-        {tag[2:] for rows in labeled.values() for row in rows for tag in row["tags"] if tag != "O"}
-    )
+    types = entity_types_of([row for rows in labeled.values() for row in rows])
     splits = {}
     for name, rows in labeled.items():
         if name == "holdout" and not rows:
@@ -457,44 +640,174 @@ def build(data: dict, holdout_frac: float, seed: int, staging: Path) -> tuple[di
         "source": data["source"],
         "format": data["format"],
         "inputs": data["inputs"],
-        "files": {path.name: sha256_file(path) for path in sorted(staging.glob("*.jsonl"))},
-        "labels": ["O"] + [f"{prefix}-{t}" for t in types for prefix in ("B", "I")],
+        "labels": bio_labels(types),
         "entity_types": types,
         "splits": splits,
         "split_seed": seed,
         "holdout_frac": holdout_frac,
     }
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "utf-8")
     gold = [{"id": row["id"], "tags": row["tags"]} for row in holdout]
-    return manifest, gold
+    described = {"train": data["train"], "val": val, **({"test": test} if test is not None else {})}
+    return manifest, described, gold
 
 
-def install(staging: Path, out: Path) -> None:
-    """Move the staged files into out/, manifest last; drop our files this run did not produce."""
+def write_aux(name: str, aux: dict, staging: Path) -> dict:
+    """data/aux/NAME/train.jsonl and its manifest.json; returns the main manifest's entry for it."""
+    rows = aux["rows"]
+    types = entity_types_of(rows)
+    if not types:
+        raise DataError(f"--aux {name}={aux['source']}: no entity spans in its labelled rows")
+    check_unique_ids({f"aux {name}": rows})
+    folder = staging / AUX_DIR / name
+    write_jsonl(folder / "train.jsonl", rows)
+    own = {
+        "name": name,
+        "source": aux["source"],
+        "format": aux["format"],
+        "used": aux["used"],
+        "inputs": aux["inputs"],
+        "labels": bio_labels(types),
+        "entity_types": types,
+        "rows": len(rows),
+        "spans": span_counts(rows, types),
+        "files": {"train.jsonl": sha256_file(folder / "train.jsonl")},
+    }
+    write_json(folder / "manifest.json", own)
+    files = {
+        f"{AUX_DIR}/{name}/{file}": sha256_file(folder / file) for file in ("train.jsonl", "manifest.json")
+    }
+    entry_keys = ("source", "format", "used", "labels", "entity_types", "rows", "spans")
+    return {**{key: own[key] for key in entry_keys}, "files": files}
+
+
+# ----- The task card (data/task.md: what the agent is told about the task) -----
+
+
+def split_table(described: dict[str, list[dict]], types: list[str]) -> list[str]:
+    """A markdown table: rows, words per row and span counts of each split the card describes."""
+    lines = ["| split | rows | words per row (mean / max) | spans |", "|---|---|---|---|"]
+    for name, rows in described.items():
+        lengths = [len(row["tokens"]) for row in rows] or [0]
+        if rows and "tags" in rows[0]:
+            spans = ", ".join(f"{t} {n:,}" for t, n in span_counts(rows, types).items())
+        else:
+            spans = "(unlabeled)"
+        lines.append(
+            f"| {name} | {len(rows):,} | {statistics.mean(lengths):.1f} / {max(lengths):,} | {spans} |"
+        )
+    return lines
+
+
+def task_card(manifest: dict, described: dict[str, list[dict]]) -> str:
+    """A short description of the task, written from the data; Task 7 gets its entity types explained."""
+    types = manifest["entity_types"]
+    if manifest["format"] == "task7":
+        lines = [
+            "# The task: impacts of non-medical opioid use in Reddit posts (#SMM4H-HeaRD 2026 Task 7)",
+            "",
+            "Find the spans where a Reddit user reports a consequence of non-medical opioid use, tagged BIO",
+            "over the given word tokens. Two entity types:",
+            *(f"- `{name}`: {TASK7_TYPES[name]}." for name in types if name in TASK7_TYPES),
+            "",
+            "The text is informal Reddit writing: mojibake (`â€™`), markers such as",
+            "`submission_title : -`, split contractions, slang and typos. Spans are rare (most tokens are",
+            "`O`) and their boundaries are fuzzy; the training set is small, so scores vary between seeds",
+            "by more than many changes gain.",
+        ]
+    else:
+        name = Path(manifest["source"]).name if manifest["format"] == "conll" else manifest["source"]
+        lines = [
+            f"# The task: named-entity recognition on {name}",
+            "",
+            (
+                f"Find the spans of {len(types)} entity type{'s' * (len(types) != 1)}, tagged BIO over the "
+                f"given word tokens: {', '.join(f'`{t}`' for t in types)}."
+            ),
+            "(Written by prepare.py from the data alone; `prepare.py --task-card FILE` replaces it.)",
+        ]
+    lines += ["", *split_table(described, types), "", f"Source: {manifest['source']} ({manifest['format']})."]
+    if manifest.get("aux"):
+        lines += ["", "Auxiliary NER sets prepared for transfer (`AUX_DATASETS` in train.py):"]
+        for aux_name, entry in manifest["aux"].items():
+            lines.append(
+                f"- `{aux_name}`: {entry['rows']:,} rows, types {', '.join(entry['entity_types'])} "
+                f"(from {entry['source']})"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_task_card(staging: Path, manifest: dict, described: dict, user_card: str | None) -> dict:
+    """data/task.md: the user's file as it is, or one written from the data; returns the manifest entry."""
+    path = staging / TASK_CARD
+    if user_card:
+        try:
+            text = Path(user_card).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DataError(f"{user_card}: task card not found") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(f"{user_card}: cannot read the task card as UTF-8 text ({error})") from None
+        if not text.strip():
+            raise DataError(f"{user_card}: the task card is empty")
+        path.write_text(text, encoding="utf-8")
+        return {"file": TASK_CARD, "source": str(Path(user_card).resolve())}
+    path.write_text(task_card(manifest, described), encoding="utf-8")
+    return {"file": TASK_CARD, "source": "written by prepare.py from the data"}
+
+
+# ----- Install -----
+
+
+def install(staging: Path, out: Path, trash: Path) -> None:
+    """Move the staged files into out/, manifest last; drop our files this run did not produce.
+    An old aux/ folder is moved aside into `trash` (same filesystem) before the new one takes its place."""
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUT_FILES:
         if not (staging / name).exists() and (out / name).exists():
             (out / name).unlink()
+    if (out / AUX_DIR).exists():
+        os.replace(out / AUX_DIR, trash / "old-aux")
+    if (staging / AUX_DIR).exists():
+        os.replace(staging / AUX_DIR, out / AUX_DIR)
     for name in OUTPUT_FILES:
         if (staging / name).exists():
             os.replace(staging / name, out / name)
 
 
-def write_gold(gold: list[dict], holdout_file: Path) -> Path:
+def write_gold(gold_bytes: bytes, holdout_file: Path) -> Path:
     """Write the holdout gold to the cache (outside the repository), keyed by the holdout file's sha256."""
     path = cache_dir() / "holdout" / f"{sha256_file(holdout_file)}.jsonl"
     partial = path.with_suffix(".partial")
     try:
-        write_jsonl(partial, gold)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(gold_bytes)
         os.replace(partial, path)
     except OSError as error:
         raise DataError(f"{path}: cannot write the holdout gold ({error.strerror})") from None
     return path
 
 
+def write_prepared_stamp(data_dir: Path, manifest_path: Path) -> Path:
+    """Record in the cache which manifest prepare.py installs in data_dir (see manifest_problems)."""
+    path = prepared_stamp_path(data_dir)
+    stamp = {
+        "data_dir": str(Path(data_dir).resolve()),
+        "manifest_sha256": sha256_file(manifest_path),
+        "holdout_gold_sha256": json.loads(manifest_path.read_text(encoding="utf-8"))["holdout_gold_sha256"],
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    partial = path.with_suffix(".partial")
+    try:
+        write_json(partial, stamp)
+        os.replace(partial, path)
+    except OSError as error:
+        raise DataError(f"{path}: cannot write the prepared stamp ({error.strerror})") from None
+    return path
+
+
 def prepare(args) -> str:
     """Run the whole preparation all-or-nothing; return the summary to print."""
     out = Path(args.out)
+    aux_options = parse_aux_options(args.aux or [])
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out.parent))  # same filesystem: os.replace is atomic
     try:
@@ -502,23 +815,42 @@ def prepare(args) -> str:
         if args.test:
             data["test"] = read_test_csv(Path(args.test))
             data["inputs"] = {**data["inputs"], Path(args.test).name: sha256_file(Path(args.test))}
+        aux_sources = {name: read_aux_source(name, source) for name, source in aux_options}
         staging = work / "data"
         staging.mkdir()
-        manifest, gold = build(data, args.holdout_frac, args.seed, staging)
-        gold_path = write_gold(gold, staging / "holdout.jsonl") if gold else None
-        install(staging, out)
+        manifest, described, gold = build(data, args.holdout_frac, args.seed, staging)
+        gold_bytes = jsonl_bytes(gold) if gold else None
+        manifest["holdout_gold_sha256"] = sha256_bytes(gold_bytes) if gold else None
+        if aux_sources:
+            manifest["aux"] = {name: write_aux(name, aux, staging) for name, aux in aux_sources.items()}
+        manifest["task_card"] = write_task_card(staging, manifest, described, args.task_card)
+        manifest["files"] = {
+            path.name: sha256_file(path) for path in sorted(staging.iterdir()) if path.is_file()
+        }
+        write_json(staging / "manifest.json", manifest)
+        gold_path = write_gold(gold_bytes, staging / "holdout.jsonl") if gold else None
+        stamp_path = write_prepared_stamp(
+            out, staging / "manifest.json"
+        )  # before install: it cannot fail after
+        install(staging, out, trash=work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return summary(manifest, out, gold_path, args.test)
+    return summary(manifest, out, gold_path, stamp_path, args.test)
 
 
-def summary(manifest: dict, out: Path, gold_path: Path | None, test_file) -> str:
+def summary(manifest: dict, out: Path, gold_path: Path | None, stamp_path: Path, test_file) -> str:
     lines = [f"prepared {out} from {manifest['source']} ({manifest['format']})"]
     for name, info in manifest["splits"].items():
         spans = "  ".join(f"{t} {n}" for t, n in info.get("spans", {}).items())
         lines.append(f"  {name:<8} {info['rows']:>6} rows  {spans}".rstrip())
+    for name, entry in manifest.get("aux", {}).items():
+        spans = "  ".join(f"{t} {n}" for t, n in entry["spans"].items())
+        used = " + ".join(entry["used"])
+        lines.append(f"  aux {name}: {entry['rows']} rows  {spans}  ({used} of {entry['source']})")
+    lines.append(f"task card: {out / TASK_CARD} ({manifest['task_card']['source']})")
     if gold_path:
         lines.append(f"holdout gold (outside the repository): {gold_path}")
+    lines.append(f"prepared stamp (outside the repository): {stamp_path}")
     if test_file and manifest["format"] == "task7" and sha256_file(Path(test_file)) != TASK7_TEST_SHA256:
         lines.append(
             f"note: {test_file} is not the shared Task 7 test file (sha256 {TASK7_TEST_SHA256[:12]}...)"
@@ -544,6 +876,15 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--format", choices=["task7", "conll"], default="task7", help="layout of --source")
     parser.add_argument("--test", metavar="FILE", help="unlabeled test CSV (ID,tokens) -> data/test.jsonl")
+    parser.add_argument(
+        "--aux",
+        metavar="NAME=SOURCE",
+        action="append",
+        help="an auxiliary NER set for transfer: a CoNLL folder or a Hugging Face dataset (repeatable)",
+    )
+    parser.add_argument(
+        "--task-card", metavar="FILE", help="your task description (default: written from the data)"
+    )
     parser.add_argument("--holdout-frac", type=holdout_fraction, default=HOLDOUT_FRAC, help="0 turns it off")
     parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="seed of the holdout split")
     parser.add_argument("--out", default=str(DATA_DIR), help="output folder (default: data/)")

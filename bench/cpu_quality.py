@@ -1,8 +1,9 @@
 """CPU quality: MiniLM trained with train.py on the full Task 7 train, val strict / relaxed F1 over seeds,
 for the BIO and the IO label scheme; prints a table of mean +- sd.
 
-Each run is train.py's own run() (imported, in this process) with MODEL_NAME, EPOCHS, SEED, LABEL_SCHEME and
-LEARNING_RATE set from the command line; everything else is train.py's config. The default --lr is 1e-4, not
+Each run is train.py's own run() (imported, in this process) with its config constants MODEL_NAME, EPOCHS,
+LABEL_SCHEME and LEARNING_RATE set from this script's command line (as the loop's --set would write them) and
+the seed passed as train.py's --seed; everything else is train.py's config. The default --lr is 1e-4, not
 train.py's 1e-5 (meant for DeBERTa-large): with 1e-5, MiniLM predicts only O after 3 epochs.
 Only train and val are given to the runs (a view of the data folder without holdout.jsonl and test.jsonl),
 so the blind holdout stays untouched and no time goes to predicting the 578 long test rows.
@@ -31,22 +32,22 @@ from prepare import DATA_DIR
 
 
 def train_and_val_only(data_dir: Path, view: Path) -> Path:
-    """A folder that links train.jsonl, val.jsonl and manifest.json of data_dir, nothing else."""
+    """A folder that links train.jsonl, val.jsonl, manifest.json (and aux/, when prepared) of data_dir."""
     view.mkdir(parents=True, exist_ok=True)
-    for name in ("train.jsonl", "val.jsonl", "manifest.json"):
-        (view / name).symlink_to((data_dir / name).resolve())
+    for name in ("train.jsonl", "val.jsonl", "manifest.json", "aux"):
+        if (data_dir / name).exists():
+            (view / name).symlink_to((data_dir / name).resolve())
     return view
 
 
-def one_run(data_dir: Path, out_dir: Path, settings: dict) -> dict:
+def one_run(data_dir: Path, out_dir: Path, seed: int, settings: dict) -> dict:
     """train.run() with `settings` applied to train.py's config; the val scores of what it wrote."""
     saved = {name: getattr(train, name) for name in settings}
     try:
         for name, value in settings.items():
             setattr(train, name, value)
-        summary = train.run(
-            train.parse_args(["--data", str(data_dir), "--out", str(out_dir), "--device", "cpu"])
-        )
+        options = ["--data", str(data_dir), "--out", str(out_dir), "--device", "cpu", "--seed", str(seed)]
+        summary = train.run(train.parse_args(options))
     finally:
         for name, value in saved.items():
             setattr(train, name, value)
@@ -88,11 +89,10 @@ def main(argv=None) -> int:
                 settings = {
                     "MODEL_NAME": "minilm",
                     "EPOCHS": args.epochs,
-                    "SEED": seed,
                     "LABEL_SCHEME": scheme,
                     "LEARNING_RATE": lr,
                 }
-                result = one_run(data_view, args.out / f"{scheme}-seed{seed}", settings)
+                result = one_run(data_view, args.out / f"{scheme}-seed{seed}", seed, settings)
                 results.setdefault(scheme, []).append(result)
                 print(
                     f"{scheme} seed {seed}: strict_f1 {result['strict_f1']:.4f}  relaxed_f1 "
@@ -104,7 +104,9 @@ def main(argv=None) -> int:
     print("|---|---|---|---|")
     for scheme, runs in results.items():
         strict, relaxed = mean_sd([r["strict_f1"] for r in runs]), mean_sd([r["relaxed_f1"] for r in runs])
-        print(f"| {scheme} | {strict} | {relaxed} | {statistics.mean(r['train_seconds'] for r in runs):.0f} |")
+        print(
+            f"| {scheme} | {strict} | {relaxed} | {statistics.mean(r['train_seconds'] for r in runs):.0f} |"
+        )
     return 0
 
 

@@ -88,11 +88,11 @@ def subtoken_lengths(rows: list[dict]) -> tuple[list[int], str]:
 
 
 def synthetic_windows(lengths: list[int], num_labels: int, vocab_size: int) -> list[dict]:
-    """Windows shaped like train.py's (same MAX_LENGTH / WINDOW_STRIDE cut), random ids and labels."""
+    """Windows shaped like train.py's (same MAX_LENGTH / WINDOW_OVERLAP cut), random ids and labels."""
     rng = random.Random(0)
     windows = []
     for length in lengths:
-        for start, end in train.window_bounds(length, train.MAX_LENGTH - 2, train.WINDOW_STRIDE):
+        for start, end in train.window_bounds(length, train.MAX_LENGTH - 2, train.WINDOW_OVERLAP):
             ids = [rng.randrange(3, vocab_size) for _ in range(end - start)]
             labels = [
                 rng.randrange(num_labels) if rng.random() < 1 / SUBWORDS_PER_WORD else -100 for _ in ids
@@ -111,9 +111,9 @@ def time_recipe(
     epochs: int,
 ) -> dict:
     """Train a fresh random model with train.train() under `overrides`; timings and peak memory."""
-    saved = {key: getattr(train, key) for key in [*overrides, "TIME_BUDGET_S"]}
+    saved = {key: getattr(train, key) for key in overrides}
     try:
-        for key, value in {**overrides, "TIME_BUDGET_S": 0}.items():
+        for key, value in overrides.items():
             setattr(train, key, value)
         torch.manual_seed(0)
         model = DebertaForTokenClassification(DebertaConfig(**config, num_labels=num_labels))
@@ -140,7 +140,8 @@ def time_recipe(
             ),
             flush=True,
         )
-        stats = train.train(model, windows, device, PAD_ID, epochs=epochs)
+        task = train.Task("target", windows, None, train.LEARNING_RATE, epochs)
+        stats = train.train(model, [task], device, PAD_ID, seed=0, deadline=train.Deadline(0, 0))
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
         del model
     finally:
@@ -149,7 +150,7 @@ def time_recipe(
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    seconds = stats["epoch_seconds"]
+    seconds = task.epoch_seconds
     steady = sum(seconds[1:]) / len(seconds[1:]) if len(seconds) > 1 else seconds[0]  # epoch 1 warms up
     steps_per_epoch = stats["steps"] / len(seconds)
     return {
@@ -158,7 +159,7 @@ def time_recipe(
         "ms_per_step": 1000 * steady / steps_per_epoch,
         "full_run_s": seconds[0] + (train.EPOCHS - 1) * steady,
         "peak_gib": peak,
-        "final_loss": stats["epoch_losses"][-1],
+        "final_loss": task.epoch_losses[-1],
         "overrides": overrides,
     }
 

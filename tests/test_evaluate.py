@@ -1,4 +1,5 @@
-"""Tests for evaluate.py: SPEC.md's test vectors, agreement with seqeval on the real dev set, the CLI."""
+"""Tests for evaluate.py: SPEC.md's test vectors, agreement with seqeval on the real dev set, the CLI (unknown
+entity types, a closed pipe)."""
 
 import ast
 import json
@@ -15,9 +16,6 @@ from seqeval.metrics import classification_report, f1_score, precision_score, re
 from evaluate import ScoreError, format_summary, main, read_tags, score, score_files, score_rows, spans
 
 REPO = Path(__file__).resolve().parents[1]
-TASK7 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "smm4h2026-task7"
-DEV_CSV = TASK7 / "new_dev_data.csv"
-SAMPLE_CSV = TASK7 / "sample_submission.csv"
 TYPES = ("ClinicalImpacts", "SocialImpacts")
 
 
@@ -32,8 +30,20 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def load_dev_gold() -> dict[str, list[str]]:
-    frame = pd.read_csv(DEV_CSV, dtype=str, keep_default_na=False)
+@pytest.fixture(scope="module")
+def dev_csv(task7_dir) -> Path:
+    return task7_dir / "new_dev_data.csv"
+
+
+@pytest.fixture(scope="module")
+def sample_csv(task7_dir) -> Path:
+    return task7_dir / "sample_submission.csv"
+
+
+@pytest.fixture(scope="module")
+def dev_gold(dev_csv) -> dict[str, list[str]]:
+    """id -> tags of the official dev CSV, read with pandas (independently of evaluate.py)."""
+    frame = pd.read_csv(dev_csv, dtype=str, keep_default_na=False)
     return {row.ID: ast.literal_eval(row.ner_tags) for row in frame.itertuples()}
 
 
@@ -162,8 +172,8 @@ def perturb(tags: list[str], rng: random.Random) -> list[str]:
     return tags
 
 
-def test_strict_matches_seqeval_and_relaxed_keeps_its_invariants_on_300_perturbations_of_dev():
-    gold_rows = [tags for tags in load_dev_gold().values() if tags]
+def test_strict_matches_seqeval_and_relaxed_keeps_its_invariants_on_300_perturbations_of_dev(dev_gold):
+    gold_rows = [tags for tags in dev_gold.values() if tags]
     rng = random.Random(7)
     seen_types = set()
     for _ in range(300):
@@ -196,8 +206,8 @@ def test_strict_matches_seqeval_and_relaxed_keeps_its_invariants_on_300_perturba
     assert seen_types == set(TYPES)
 
 
-def test_identical_predictions_score_one_and_all_o_predictions_score_zero_on_dev():
-    gold = list(load_dev_gold().values())
+def test_identical_predictions_score_one_and_all_o_predictions_score_zero_on_dev(dev_gold):
+    gold = list(dev_gold.values())
     perfect = score(gold, gold)
     for mode in ("strict", "relaxed"):
         assert set(perfect[mode]["per_type"]) == set(TYPES)
@@ -231,19 +241,19 @@ def write_csv(path: Path, rows: dict[str, list[str]], column: str = "predicted_n
     return path
 
 
-def test_read_tags_reads_official_csv_and_prepared_jsonl_alike(tmp_path):
-    gold = load_dev_gold()
+def test_read_tags_reads_official_csv_and_prepared_jsonl_alike(dev_gold, dev_csv, tmp_path):
+    gold = dev_gold
     assert len(gold) == 258
-    assert read_tags(DEV_CSV) == gold
+    assert read_tags(dev_csv) == gold
     assert read_tags(write_jsonl(tmp_path / "dev.jsonl", gold)) == gold
     assert read_tags(write_csv(tmp_path / "dev.csv", gold)) == gold
 
 
-def test_score_files_matches_rows_by_id_not_by_order(tmp_path):
-    gold = load_dev_gold()
+def test_score_files_matches_rows_by_id_not_by_order(dev_gold, dev_csv, tmp_path):
+    gold = dev_gold
     shuffled = dict(reversed(list(gold.items())))
     pred_path = write_jsonl(tmp_path / "pred.jsonl", shuffled)
-    assert_figures(score_files(pred_path, DEV_CSV)["strict"], (1.0, 1.0, 1.0))
+    assert_figures(score_files(pred_path, dev_csv)["strict"], (1.0, 1.0, 1.0))
 
 
 def test_score_rows_names_the_offending_row():
@@ -276,20 +286,20 @@ def assert_one_error_line(stderr: str, *mentions: str) -> None:
         assert text in lines[0]
 
 
-def test_cli_refuses_the_partial_sample_submission_without_subset():
-    done = run_cli(SAMPLE_CSV, "--gold", DEV_CSV)
+def test_cli_refuses_the_partial_sample_submission_without_subset(dev_csv, sample_csv):
+    done = run_cli(sample_csv, "--gold", dev_csv)
     assert done.returncode == 2
     assert done.stdout == ""
-    assert_one_error_line(done.stderr, str(SAMPLE_CSV), "lacks 248 of 258 gold ids", "--subset")
+    assert_one_error_line(done.stderr, str(sample_csv), "lacks 248 of 258 gold ids", "--subset")
 
 
-def test_cli_scores_the_sample_submission_with_subset(tmp_path):
+def test_cli_scores_the_sample_submission_with_subset(dev_gold, dev_csv, sample_csv, tmp_path):
     # The organisers' sample holds 10 dev rows with their gold tags, so a correct scorer gives 1.0.
-    sample = read_tags(SAMPLE_CSV)
-    gold = load_dev_gold()
+    sample = read_tags(sample_csv)
+    gold = dev_gold
     assert len(sample) == 10 and all(gold[i] == tags for i, tags in sample.items())
     json_out = tmp_path / "result.json"
-    done = run_cli(SAMPLE_CSV, "--gold", DEV_CSV, "--subset", "--json", json_out)
+    done = run_cli(sample_csv, "--gold", dev_csv, "--subset", "--json", json_out)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == ["note: --subset: scored 10 of 258 gold rows"]
     assert done.stdout.splitlines()[:6] == [
@@ -302,17 +312,17 @@ def test_cli_scores_the_sample_submission_with_subset(tmp_path):
     ]
     assert "ClinicalImpacts" in done.stdout and "SocialImpacts" in done.stdout
     written = json.loads(json_out.read_text())
-    assert written == score_files(SAMPLE_CSV, DEV_CSV, subset=True)
+    assert written == score_files(sample_csv, dev_csv, subset=True)
 
 
-def test_cli_json_has_the_documented_shape(tmp_path):
-    gold = load_dev_gold()
+def test_cli_json_has_the_documented_shape(dev_gold, dev_csv, tmp_path):
+    gold = dev_gold
     pred = {i: ["O"] * len(t) if n % 2 else t for n, (i, t) in enumerate(gold.items())}
     json_out = tmp_path / "out" / "result.json"
     json_out.parent.mkdir()
     assert (
         main(
-            [str(write_jsonl(tmp_path / "pred.jsonl", pred)), "--gold", str(DEV_CSV), "--json", str(json_out)]
+            [str(write_jsonl(tmp_path / "pred.jsonl", pred)), "--gold", str(dev_csv), "--json", str(json_out)]
         )
         == 0
     )
@@ -407,7 +417,93 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys, case):
     assert_one_error_line(captured.err, named_file, *mentions)
 
 
-def test_cli_process_reports_a_missing_file_without_traceback(tmp_path):
-    done = run_cli(tmp_path / "missing.jsonl", "--gold", DEV_CSV)
+def test_cli_process_reports_a_missing_file_without_traceback(dev_csv, tmp_path):
+    done = run_cli(tmp_path / "missing.jsonl", "--gold", dev_csv)
     assert done.returncode == 2
     assert_one_error_line(done.stderr, str(tmp_path / "missing.jsonl"), "no such file")
+
+
+# ----- Entity types a prediction may use -----
+
+
+def retyped_val(val_rows: list[dict], new_type: str) -> tuple[dict[str, list[str]], str, int]:
+    """The val gold with its first span's type changed: (id -> tags, the row id, the span's position)."""
+    pred = {row["id"]: list(row["tags"]) for row in val_rows}
+    row_id, (_, start, end) = next((i, spans(t)[0]) for i, t in pred.items() if spans(t))
+    pred[row_id][start:end] = [f"B-{new_type}"] + [f"I-{new_type}"] * (end - start - 1)
+    return pred, row_id, start
+
+
+def test_score_files_refuses_a_type_outside_the_given_ones_and_checks_nothing_without(
+    prepared_task7, tmp_path
+):
+    val = [json.loads(line) for line in (prepared_task7 / "val.jsonl").read_text().splitlines()]
+    pred, row_id, start = retyped_val(val, "Dosage")
+    pred_path = write_jsonl(tmp_path / "pred.jsonl", pred)
+    with pytest.raises(ScoreError) as raised:
+        score_files(pred_path, prepared_task7 / "val.jsonl", entity_types=TYPES)
+    assert str(raised.value) == (
+        f"{pred_path}: row {row_id}: tags: unknown entity type 'Dosage' in tag 'B-Dosage' at position "
+        f"{start} (the task's types: ClinicalImpacts, SocialImpacts)"
+    )
+    unchecked = score_files(pred_path, prepared_task7 / "val.jsonl")  # the loop's call: no types given
+    assert "Dosage" in unchecked["strict"]["per_type"]
+    assert score_files(pred_path, prepared_task7 / "val.jsonl", entity_types=[*TYPES, "Dosage"])
+
+
+def test_cli_reads_the_types_from_the_manifest_beside_the_gold(prepared_task7, tmp_path, capsys):
+    val = [json.loads(line) for line in (prepared_task7 / "val.jsonl").read_text().splitlines()]
+    pred, row_id, _ = retyped_val(val, "Disease")
+    csv_pred = write_csv(tmp_path / "pred.csv", pred)
+    gold = prepared_task7 / "val.jsonl"
+    assert main([str(csv_pred), "--gold", str(gold)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert_one_error_line(
+        captured.err, str(csv_pred), f"row {row_id}", "predicted_ner_tags", "unknown entity type 'Disease'"
+    )
+    assert main([str(csv_pred), "--gold", str(gold), "--types", "ClinicalImpacts,SocialImpacts,Disease"]) == 0
+    assert "strict_f1: " in capsys.readouterr().out
+
+
+def test_cli_without_a_manifest_uses_the_gold_types_and_types_option(tmp_path, capsys):
+    gold = write_jsonl(tmp_path / "gold.jsonl", {"a": expand("B-C I-C O"), "b": expand("O O")})
+    pred = write_jsonl(tmp_path / "pred.jsonl", {"a": expand("B-C I-C O"), "b": expand("B-S O")})
+    assert main([str(pred), "--gold", str(gold)]) == 2
+    assert_one_error_line(capsys.readouterr().err, str(pred), "row b", "tags", "'SocialImpacts'")
+    assert main([str(pred), "--gold", str(gold), "--types", "ClinicalImpacts,SocialImpacts"]) == 0
+    assert "strict_precision: 0.5000" in capsys.readouterr().out
+    assert main([str(pred), "--gold", str(gold), "--types", " , "]) == 2
+    assert_one_error_line(capsys.readouterr().err, "--types")
+
+
+def test_a_bad_manifest_beside_the_gold_is_one_error_line(tmp_path, capsys):
+    gold = write_jsonl(tmp_path / "gold.jsonl", {"a": expand("B-C I-C O")})
+    (tmp_path / "manifest.json").write_text('{"labels": []}')
+    assert main([str(gold), "--gold", str(gold)]) == 2
+    assert_one_error_line(capsys.readouterr().err, str(tmp_path / "manifest.json"), "entity_types")
+
+
+# ----- Pipes -----
+
+
+def test_a_closed_pipe_ends_quietly(dev_gold, dev_csv, tmp_path):
+    pred = write_jsonl(tmp_path / "pred.jsonl", dev_gold)
+    command = [sys.executable, "evaluate.py", str(pred), "--gold", str(dev_csv)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader is gone before a byte is written: every write hits EPIPE
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 1
+    assert stderr == ""
+
+    shell = subprocess.run(
+        f"{' '.join(map(str, command))} | head -1",
+        shell=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert shell.stdout == "strict_f1: 1.0000\n"
+    assert shell.stderr == ""
