@@ -26,11 +26,13 @@ from statistics import mean, stdev
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from research_loop import config_block, sandbox  # noqa: E402
-from research_loop.dataviews import DataViews, write_gold  # noqa: E402
-from research_loop.jobs import Job, run_job  # noqa: E402
-from research_loop.scoring import Scorer, import_file  # noqa: E402
-from research_loop.workspace import cache_root  # noqa: E402
+from research_loop import config_block, sandbox
+from research_loop.dataviews import DataViews, write_gold
+from research_loop.jobs import Job, run_job
+from research_loop.scoring import Scorer, import_file
+from research_loop.workspace import cache_root
+
+ANOTHER_SEED = "unchanged, another seed"  # a null change on another seed: what a replicate of the baseline measures
 
 
 def changes(base: str) -> dict[str, str]:
@@ -38,6 +40,7 @@ def changes(base: str) -> dict[str, str]:
     values = config_block.values(base)
     return {
         "unchanged": base,
+        ANOTHER_SEED: base,
         "learning rate x1.5": config_block.set_constant(base, "LEARNING_RATE", values["LEARNING_RATE"] * 1.5),
         "IO labels": config_block.set_constant(base, "LABEL_SCHEME", "IO"),
         "warm-up 0.1 -> 0.2": config_block.set_constant(base, "WARMUP_RATIO", 0.2),
@@ -55,11 +58,12 @@ def run_trials(recipes: dict[str, str], mode: str, trials: int, limit: int | Non
         view = views.view(fold)
         gold = write_gold(view.gold, out / "gold" / f"{mode}-{fold}.jsonl")
         for name, text in recipes.items():
-            folder = out / mode / name.replace(" ", "_").replace(">", "") / f"trial-{index}"
+            folder = out / mode / name.replace(" ", "_").replace(">", "").replace(",", "") / f"trial-{index}"
             folder.mkdir(parents=True, exist_ok=True)
             started = time.monotonic()
+            trial_seed = seed + (1 if mode == "cv" else 100) if name == ANOTHER_SEED else seed
             with (folder / "run.log").open("wb") as log:
-                result = run_job(Job(text, fixed, view.files, seed, fold,
+                result = run_job(Job(text, fixed, view.files, trial_seed, fold,
                                      extra_args=("--limit", str(limit)) if limit else ()),
                                  backend, jobs_root=cache_root() / "jobs" / "bench", repo=ROOT, log=log)
             if result.kind != "ok":

@@ -24,11 +24,11 @@ from statistics import mean, stdev
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from research_loop import config_block, sandbox  # noqa: E402
-from research_loop.dataviews import DataViews  # noqa: E402
-from research_loop.jobs import Job, run_job  # noqa: E402
-from research_loop.scoring import Scorer, import_file  # noqa: E402
-from research_loop.workspace import cache_root  # noqa: E402
+from research_loop import config_block, sandbox
+from research_loop.dataviews import DataViews
+from research_loop.jobs import Job, run_job
+from research_loop.scoring import Scorer, import_file
+from research_loop.workspace import cache_root
 
 
 def recipes(base: str, aux_names: list[str], aux_epochs: int, mode: str) -> dict[str, str]:
