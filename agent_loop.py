@@ -14,14 +14,14 @@ from research_loop.stopping import catch_early_interrupts
 
 catch_early_interrupts()  # first: a Ctrl-C during start-up stops the night cleanly, it does not kill it
 
-import sys  # noqa: E402
-from enum import Enum  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Annotated  # noqa: E402
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
 
-import typer  # noqa: E402
+import typer
 
-from research_loop import cli_support as support  # noqa: E402
+from research_loop import cli_support as support
 
 REPO = Path(__file__).resolve().parent
 HELP = {"help_option_names": ["-h", "--help"]}

@@ -59,7 +59,8 @@ def _summarise(hits: Counter, predicted: Counter, gold: Counter) -> dict:
 
 
 def _relaxed_hits(gold_spans: list, pred_spans: list) -> Counter:
-    """Overlapping tokens per type, matched the organisers' way (see SPEC.md)."""
+    """Overlapping tokens per type, the organisers' way: a prediction of the same type counts its overlap with
+    the first gold span it overlaps, and only once; one gold span may collect several predictions."""
     hits: Counter = Counter()
     used: set[int] = set()
     for gold_type, gold_start, gold_end in gold_spans:

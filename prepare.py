@@ -698,6 +698,12 @@ def split_table(described: dict[str, list[dict]], types: list[str]) -> list[str]
     return lines
 
 
+def shown_source(source: str) -> str:
+    """A source as the task card names it: a local folder by its name only (the card goes to the agent's LLM,
+    which has no business knowing the user's directories); a hub id or a URL as it is."""
+    return Path(source).name if Path(source).is_absolute() else source
+
+
 def task_card(manifest: dict, described: dict[str, list[dict]]) -> str:
     """A short description of the task, written from the data; Task 7 gets its entity types explained."""
     types = manifest["entity_types"]
@@ -715,7 +721,7 @@ def task_card(manifest: dict, described: dict[str, list[dict]]) -> str:
             "by more than many changes gain.",
         ]
     else:
-        name = Path(manifest["source"]).name if manifest["format"] == "conll" else manifest["source"]
+        name = shown_source(manifest["source"])
         lines = [
             f"# The task: named-entity recognition on {name}",
             "",
@@ -725,13 +731,14 @@ def task_card(manifest: dict, described: dict[str, list[dict]]) -> str:
             ),
             "(Written by prepare.py from the data alone; `prepare.py --task-card FILE` replaces it.)",
         ]
-    lines += ["", *split_table(described, types), "", f"Source: {manifest['source']} ({manifest['format']})."]
+    source_line = f"Source: {shown_source(manifest['source'])} ({manifest['format']})."
+    lines += ["", *split_table(described, types), "", source_line]
     if manifest.get("aux"):
         lines += ["", "Auxiliary NER sets prepared for transfer (`AUX_DATASETS` in train.py):"]
         for aux_name, entry in manifest["aux"].items():
             lines.append(
                 f"- `{aux_name}`: {entry['rows']:,} rows, types {', '.join(entry['entity_types'])} "
-                f"(from {entry['source']})"
+                f"(from {shown_source(entry['source'])})"
             )
     return "\n".join(lines) + "\n"
 

@@ -101,10 +101,11 @@ class Confirm:
         return self.margin(k, k, sd) + NormalDist().inv_cdf(POWER) * spread
 
     def decide(self, scores: dict[int, float], keys: list[TrialKey], standing: Standing) -> Verdict:
+        if standing.best is None:  # the baseline: every trial it was given (replicates too), to measure the noise
+            missing = tuple(index for index in range(len(keys)) if index not in scores)
+            return Verdict("run", missing) if missing else Verdict("keep", reason=f"baseline over {len(keys)} trials")
         planned = min(self.trials, len(keys))
         missing = tuple(index for index in range(planned) if index not in scores)
-        if standing.best is None:  # the baseline: every trial, to measure the noise
-            return Verdict("run", missing) if missing else Verdict("keep", reason=f"baseline over {planned} trials")
         if 0 not in scores:
             return Verdict("run", (0,))
         first_best = standing.best.get(keys[0])
@@ -144,17 +145,21 @@ def pooled_sd(groups: list[list[float]]) -> tuple[float | None, int]:
 
 
 def estimate_noise(policy: AcceptancePolicy, baseline: list[float], confirmed_scores: list[list[float]],
-                   confirmed_differences: list[list[float]], calibration: list[float], floor: float) -> Noise:
+                   confirmed_differences: list[list[float]], calibration: list[float], floor: float,
+                   replicate_differences: list[float] = ()) -> Noise:
     """The night's noise for the policy's comparisons.
 
     Unpaired: the pooled sd of trial scores within a run (calibration, the baseline, and confirmed runs'
     trials after the first: the first passed a screen, so it is biased upwards). Paired: the pooled sd of
     confirmed runs' paired differences (again without the first); until that has MIN_PAIRED_DF degrees of
-    freedom, the prior sqrt(2) x the unpaired sd, which assumes no help from pairing. Never below `floor`."""
+    freedom, the prior sqrt(2) x the unpaired sd, which assumes no help from pairing. A cross-validated
+    baseline's second-seed trials give paired differences of their own (replicate_differences). Never below
+    `floor`."""
     unpaired, unpaired_df = pooled_sd([calibration, baseline, *(scores[1:] for scores in confirmed_scores)])
     paired = getattr(policy, "paired", False)
     if paired:
-        measured, df = pooled_sd([differences[1:] for differences in confirmed_differences])
+        groups = [differences[1:] for differences in confirmed_differences] + [list(replicate_differences)]
+        measured, df = pooled_sd(groups)
         if measured is not None and df >= MIN_PAIRED_DF:
             sd, source = measured, f"measured on {df} degrees of freedom of paired differences"
         elif unpaired is not None:
@@ -179,3 +184,35 @@ def make_policy(name: str, trials: int = 3, min_delta: float = 0.0, alpha: float
             raise ValueError("--policy confirm needs 2 or more seeds (or folds)")
         return Confirm(trials=trials, min_delta=min_delta, alpha=alpha, paired=paired)
     raise ValueError(f"unknown policy {name!r}: choose monotonic or confirm")
+
+
+def night_noise(policy: AcceptancePolicy, records: list, full_trials: int, calibration: list[float],
+                floor: float) -> Noise:
+    """The night's noise from its records (results.tsv rows): the baseline's trials (and, in cross-validation,
+    its second-seed replicates of each fold), calibration, and every confirmed run's trials and paired
+    differences against the best it was compared with."""
+    kept, reference = {}, None
+    scores, differences = [], []
+    for record in records:
+        if record.status.value in ("keep", "discard") and record.trials >= full_trials:
+            compared = kept.get(record.parent) or reference
+            scores.append(record.seed_scores)
+            if compared is not None:
+                base = compared.scores_by_trial()
+                differences.append([score - base[key] for key, score in record.scores_by_trial().items()
+                                    if key in base])
+        if record.status.kept:
+            kept[record.commit] = reference = record
+    baseline = next((record for record in records if record.status.value == "baseline"), None)
+    replicates = []
+    if baseline is not None:
+        first_of_fold = {}
+        for (seed, fold), score in baseline.scores_by_trial().items():
+            if fold is None:
+                continue
+            if fold in first_of_fold:
+                replicates.append(score - first_of_fold[fold])
+            else:
+                first_of_fold[fold] = score
+    main = baseline.seed_scores[:full_trials] if baseline is not None else []
+    return estimate_noise(policy, main, scores, differences, calibration, floor, replicates)

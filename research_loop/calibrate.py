@@ -26,8 +26,8 @@ from .jobs import Job, JobResult, run_job
 from .ledger import now_iso
 from .lock import LockError, LoopLock
 from .loop import LoopConfig
-from .night import source_folders
 from .model_cache import ModelCacheError, ensure_cached, model_name
+from .night import source_folders
 from .safe_io import open_no_follow, read_bytes, write_atomically
 from .scoring import Scorer, TrialScore, import_file
 from .stopping import abort_on_signals

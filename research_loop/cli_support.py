@@ -100,8 +100,8 @@ def build_config(repo: Path, options: RunOptions, tag: str, night: dict, echo: E
     settings = [config_block.parse_assignment(text) for text in options.settings]
     cv = shape["eval_mode"] == "cv"
     trials = shape["folds"] if cv else shape["seeds"]
-    train_options = tuple([*(["--limit", str(options.limit)] if options.limit else []),
-                           *(["--device", options.device] if options.device else [])])
+    train_options = (*(["--limit", str(options.limit)] if options.limit else []),
+                           *(["--device", options.device] if options.device else []))
     allow_unsandboxed = options.no_sandbox or not writes_code(options.agent)
     if options.sandbox == "none" and not allow_unsandboxed:
         raise OptionError(f"--sandbox none with --agent {options.agent} needs --no-sandbox: an LLM's train.py "

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from .jobs import Job, JobResult, run_job
 from .safe_io import open_no_follow
-from .sandbox import Limits, gpu_devices
+from .sandbox import DEFAULT_LIMITS, Limits, gpu_devices
 
 
 @dataclass
@@ -31,6 +31,8 @@ class Ticket:
     worker: str = ""
     started: float = 0.0
     with_test: bool = False  # the job's view holds the test rows
+    seed: int = 0
+    fold: int | None = None
 
 
 class Executor(Protocol):
@@ -60,7 +62,7 @@ class LocalExecutor:
     """Jobs as sandboxed subprocesses of this machine, at most `slots` at once (one thread each)."""
 
     def __init__(self, slots: int, backend: str, jobs_root: Path, repo: Path, private: list[Path],
-                 limits: Limits = Limits(), grace_s: float = 10.0):
+                 limits: Limits = DEFAULT_LIMITS, grace_s: float = 10.0):
         self.slots, self.backend, self.jobs_root, self.repo = slots, backend, jobs_root, repo
         self.private, self.limits, self.grace_s = private, limits, grace_s
         self.gpus = visible_gpus()
@@ -95,7 +97,8 @@ class LocalExecutor:
                                  log=log, abort=ticket.cancelled.is_set, grace_s=self.grace_s, limits=self.limits,
                                  on_start=lambda pid: ticket.pid_path.write_text(f"{pid}\n"),
                                  worker=ticket.worker)
-        except Exception as exc:  # a bug or a full disk: the run is a crash with the reason, not a dead thread
+        # a bug or a full disk: the run is a crash with the reason, not a dead thread
+        except Exception as exc:  # noqa: BLE001
             result = JobResult("crash", None, time.monotonic() - ticket.started, f"loop: {type(exc).__name__}: {exc}",
                                worker=ticket.worker)
         finally:

@@ -23,8 +23,8 @@ from .gitops import TRAIN_FILE, Git, GitError, run_ref
 from .jobs import Job, run_job
 from .ledger import RESULTS_FILE, read_records, tag_of
 from .lock import LockError, LoopLock
-from .night import source_folders
 from .model_cache import ModelCacheError, ensure_cached, model_name
+from .night import source_folders
 from .records import RecordError, RunRecord
 from .safe_io import open_no_follow, read_bytes, write_atomically
 from .scoring import import_file

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from .agents.base import Proposal, Usage
 from .config_block import normalised
-from .hygiene import code_problem, collapse_whitespace as one_line
+from .hygiene import code_problem
+from .hygiene import collapse_whitespace as one_line
 from .proposals import Asked, ProposalSource, compile_error, text_error
-from .records import Status
 from .recorder import Recorder, crash_point
+from .records import Status
 from .session import Session
 from .state import direction_key
 from .stopping import Stop
@@ -94,20 +95,20 @@ class Intake:
             if duplicate is not None:
                 best = session.best()
                 return (f"duplicate of run {duplicate.run}",
-                        f"it is the same train.py (ignoring comments and whitespace) as run {duplicate.run} "
+                        (f"it is the same train.py (ignoring comments and whitespace) as run {duplicate.run} "
                         f"({duplicate.status}, strict F1 {duplicate.strict_f1 if duplicate.strict_f1 is not None else '-'}"
-                        f"; best {best.strict_f1}). Propose a different change.")
+                        f"; best {best.strict_f1}). Propose a different change."))
             if tree in in_flight_trees:
                 return (f"duplicate of run {in_flight_trees[tree]} (in flight)",
-                        f"it is the same train.py as run {in_flight_trees[tree]}, which is queued or training now. "
-                        "Propose a different change.")
+                        (f"it is the same train.py as run {in_flight_trees[tree]}, which is queued or training now. "
+                        "Propose a different change."))
         closed = session.closed_directions()
         parts = {direction_key(proposal.direction), *(direction_key(part) for part in proposal.direction.split(" + "))}
         if parts & closed:
             return (f"direction {proposal.direction!r} is closed",
-                    f"the direction {proposal.direction!r} is closed: it failed {session.close_after} times in a row "
+                    (f"the direction {proposal.direction!r} is closed: it failed {session.close_after} times in a row "
                     "without a keep (see the direction table in CURRENT_STATE.md). Choose another direction; only "
-                    "the human can reopen it, in program.md.")
+                    "the human can reopen it, in program.md."))
         return None
 
     def _commit(self, proposal: Proposal) -> Candidate:

@@ -223,7 +223,7 @@ def _group_alive(pgid: int) -> bool:
 
 def run_job(job: Job, backend: str, *, jobs_root: Path, repo: Path | None = None, private: list[Path] = (),
             log: BinaryIO | None = None, abort: Callable[[], bool] = lambda: False, grace_s: float = 10.0,
-            limits: sandbox.Limits = sandbox.Limits(), on_start: Callable[[int], None] = lambda pid: None,
+            limits: sandbox.Limits = sandbox.DEFAULT_LIMITS, on_start: Callable[[int], None] = lambda pid: None,
             worker: str = "local") -> JobResult:
     """Run one job to the end (or the kill) and return what came out of it."""
     workspace = build_workspace(job, jobs_root)

@@ -160,4 +160,4 @@ class Ledger:
             write_atomically(self.path, read_bytes(self.mirror))
 
 
-__all__ = ["Ledger", "RecordError", "RunRecord", "read_records", "tag_of", "now_iso", "RESULTS_FILE", "STATE_FILE"]
+__all__ = ["RESULTS_FILE", "STATE_FILE", "Ledger", "RecordError", "RunRecord", "now_iso", "read_records", "tag_of"]

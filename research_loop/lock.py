@@ -40,7 +40,7 @@ class LoopLock:
             self.file.close()
             self.file = None
 
-    def __enter__(self) -> LoopLock:
+    def __enter__(self) -> LoopLock:  # noqa: PYI034 (a final class)
         self.acquire()
         return self
 

@@ -22,8 +22,17 @@ from .agents.base import Agent
 from .executors import LocalExecutor
 from .intake import Intake
 from .lock import LockError, LoopLock
-from .night import (NightConfig, NightError, baseline_commit, open_files, source_folders, timeout_for, trial_keys,
-                    write_night)
+from .night import (
+    NightConfig,
+    NightError,
+    baseline_commit,
+    open_files,
+    replicate_keys,
+    source_folders,
+    timeout_for,
+    trial_keys,
+    write_night,
+)
 from .progress import Progress
 from .proposals import ProposalSource
 from .reconcile import place_branch, reconcile
@@ -142,10 +151,12 @@ def run_loop(config: LoopConfig, agent: Agent) -> LoopSummary:
 
 def _run(config: LoopConfig, agent: Agent, ws: Workspace, files, executor, base: str, notes: list[str]) -> LoopSummary:
     budget = Budget(max_runs=config.max_runs, max_hours=config.max_hours, max_cost_usd=config.max_cost_usd)
-    keys = trial_keys(NightConfig(ws.repo, ws.tag, eval_mode=config.eval_mode, folds=config.folds, seeds=config.seeds))
+    plan = NightConfig(ws.repo, ws.tag, eval_mode=config.eval_mode, folds=config.folds, seeds=config.seeds)
+    keys, replicates = trial_keys(plan), replicate_keys(plan)
     progress = Progress(ws.tag, enabled=config.progress, unit="fold" if config.eval_mode == "cv" else "seed")
     stop = StopControl(ws.repo, budget, progress.note)
-    session = Session(ws, files, agent, config.policy, keys, stop, budget, progress, config.tracker, executor,
+    session = Session(ws, files, agent, config.policy, keys, replicates if getattr(config.policy, "paired", False)
+                      else [], stop, budget, progress, config.tracker, executor,
                       close_after=config.close_after, check_duplicates=config.check_duplicates,
                       records=list(files.records), noise_floor=1.0 / files.views.fold_span_count())
     for record in session.records:

@@ -55,6 +55,14 @@ def trial_keys(config: NightConfig) -> list[TrialKey]:
     return [(seed, None) for seed in config.seeds]
 
 
+def replicate_keys(config: NightConfig) -> list[TrialKey]:
+    """Extra baseline trials that measure the noise a paired comparison faces: in cross-validation, every
+    fold again on a second seed (the baseline's folds differ in difficulty, so their spread is not noise)."""
+    if config.eval_mode == "cv":
+        return [(config.seeds[0] + 1, fold) for fold in range(config.folds)]
+    return []
+
+
 @dataclass
 class NightFiles:
     """What setup found and made, for the session."""
@@ -288,7 +296,7 @@ def timeout_for(records: list[RunRecord], config_timeout_s: float | None, run_bu
     if config_timeout_s:
         return config_timeout_s
     if run_budget_s:
-        return run_budget_s + max(30.0, 0.1 * run_budget_s)
+        return run_budget_s + max(5.0, 0.1 * run_budget_s)  # train.py was told the deadline: past it is an overrun
     baseline = next((record for record in records if record.status.value == "baseline"), None)
     if baseline is None or not baseline.seconds or not baseline.trials:
         return baseline_timeout_s

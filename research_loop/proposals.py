@@ -93,7 +93,8 @@ class ProposalSource:
             except AgentError as exc:
                 usage.add(exc.usage)
                 error, retryable = str(exc), exc.retryable
-            except Exception as exc:  # a bug in an agent or its SDK: an agent error, not the end of the night
+            # a bug in an agent or its SDK: an agent error, not the end of the night
+            except Exception as exc:  # noqa: BLE001
                 error, retryable = f"{type(exc).__name__}: {exc}", True
                 self.note("agent raised " + traceback.format_exception_only(type(exc), exc)[-1].strip())
             finally:

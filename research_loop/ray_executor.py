@@ -21,7 +21,7 @@ from pathlib import Path
 from .executors import Ticket
 from .jobs import Job, JobResult
 from .safe_io import open_no_follow
-from .sandbox import Limits
+from .sandbox import DEFAULT_LIMITS, Limits
 
 RAY_MISSING = "--workers > 1 and --ray-address need Ray: pip install -e \".[ray]\""
 
@@ -60,7 +60,7 @@ class RayExecutor:
     """The executor interface on Ray tasks; `slots` jobs at once."""
 
     def __init__(self, slots: int, backend: str, jobs_root: Path, repo: Path, private: list[Path],
-                 address: str | None = None, limits: Limits = Limits(), grace_s: float = 10.0):
+                 address: str | None = None, limits: Limits = DEFAULT_LIMITS, grace_s: float = 10.0):
         ray = require_ray()
         started = time.monotonic()
         if not ray.is_initialized():

@@ -10,11 +10,11 @@
 from __future__ import annotations
 
 from .executors import kill_stale
-from .jobs import remove_tree
 from .gitops import TRAIN_FILE, Git, branch_name
+from .jobs import remove_tree
 from .night import NightError
-from .records import RunRecord, Status
 from .recorder import Recorder
+from .records import RunRecord, Status
 from .session import Session
 from .state import best_record
 from .trial import Candidate, Trial, TrialOutcome
@@ -71,7 +71,7 @@ def candidate_from_commit(repo_git: Git, run: int, commit: str) -> Candidate:
 
 def preload(session: Session, trial: Trial) -> Trial:
     """The trials of this commit that finished before the kill."""
-    for index, (seed, fold) in enumerate(session.keys):
+    for index, (seed, fold) in enumerate(trial.keys):
         outcome = TrialOutcome.load(session.ws.trial_dir(trial.candidate.run, index, seed, fold))
         if outcome is not None and outcome.commit == trial.candidate.commit and outcome.index == index:
             trial.done[index] = outcome
@@ -98,7 +98,7 @@ def reconcile(session: Session, recorder: Recorder, baseline_commit: str) -> lis
     if session.baseline() is None:
         base = Candidate(session.next_run(), baseline_commit, repo_git.show(baseline_commit), "",
                          "unmodified train.py", "baseline", is_baseline=True)
-        queue.append(preload(session, Trial(base, session.keys)))
+        queue.append(preload(session, Trial(base, session.keys + session.replicates)))
     logged = {record.run for record in session.records}
     for run, commit in sorted(repo_git.run_refs(ws.tag).items()):
         if run in logged:

@@ -15,9 +15,9 @@ from statistics import mean
 from . import holdout
 from .agents.base import Outcome, observe
 from .gitops import unified_diff
+from .hygiene import plain_text
 from .ledger import now_iso
 from .records import RunRecord, Status
-from .hygiene import plain_text
 from .redact import redact
 from .safe_io import write_atomically
 from .session import Session
@@ -38,7 +38,7 @@ def crash_point(name: str, run: int) -> None:
 
 
 class Recorder:
-    def __init__(self, session: Session, in_flight=lambda: []):
+    def __init__(self, session: Session, in_flight=list):
         self.session = session
         self.in_flight = in_flight  # lines for CURRENT_STATE.md's "in flight" section
 
@@ -62,10 +62,11 @@ class Recorder:
             scores = [outcome.trial_score for outcome in scored]
             per_type = {name: [score.per_type.get(name, 0.0) for score in scores] for name in session.files.entity_types}
             pooled = None
-            if session.unit == "fold":
+            if session.unit == "fold":  # pooled over the union of the folds' rows (each fold's first trial)
+                main = [outcome for outcome in scored if (outcome.seed, outcome.fold) in session.keys]
                 folder = lambda outcome: session.ws.trial_dir(candidate.run, outcome.index, outcome.seed, outcome.fold)
                 total = session.files.scorer.pooled([(folder(outcome) / "pred_val.jsonl",
-                                                      session.files.gold[outcome.fold]) for outcome in scored])
+                                                      session.files.gold[outcome.fold]) for outcome in main])
                 pooled = (total.strict, total.relaxed, total.per_type)
             record.set_scores([score.strict for score in scores], [score.relaxed for score in scores], per_type, pooled)
         return record

@@ -71,10 +71,14 @@ class Limits:
         if self.memory_bytes:
             return self.memory_bytes
         try:
-            total_kb = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")))
+            with open("/proc/meminfo") as meminfo:
+                total_kb = int(next(line.split()[1] for line in meminfo if line.startswith("MemTotal")))
         except (OSError, StopIteration, ValueError):
             return 0
         return int(total_kb * 1024 * 0.9)
+
+
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass
@@ -269,7 +273,7 @@ def launch_argv(backend: str, spec: SandboxSpec) -> list[str]:
 # ----- Which backend works here -----
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def systemd_scope_works() -> bool:
     if not shutil.which("systemd-run"):
         return False
@@ -278,7 +282,7 @@ def systemd_scope_works() -> bool:
     return probe.returncode == 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def probe(backend: str) -> str | None:
     """None when the backend can run a sandboxed command here, else why not (one line)."""
     if backend == "none":

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import state
-from .acceptance import AcceptancePolicy, Noise, Standing, TrialKey, estimate_noise
+from .acceptance import AcceptancePolicy, Noise, Standing, TrialKey, night_noise
 from .agents.base import Agent, Context
 from .config_block import normalised
+from .hygiene import plain_lines
 from .night import NightFiles
 from .progress import Progress
-from .records import RunRecord, Status
-from .hygiene import plain_lines
+from .records import RunRecord
 from .redact import redact
 from .safe_io import read_tail, read_text, write_atomically
 from .stopping import Budget, StopControl
@@ -32,6 +32,7 @@ class Session:
     agent: Agent
     policy: AcceptancePolicy
     keys: list[TrialKey]
+    replicates: list[TrialKey]  # the baseline's extra trials (cross-validation: each fold on a second seed)
     stop: StopControl
     budget: Budget
     progress: Progress
@@ -67,24 +68,7 @@ class Session:
     # ----- noise and the comparison -----
 
     def noise(self) -> Noise:
-        """The night's noise: the baseline's and calibration's trials, and every confirmed run's trials and
-        paired differences against the best it was compared with."""
-        kept: dict[str, RunRecord] = {}
-        reference = None
-        scores, differences = [], []
-        for record in self.records:
-            if record.status in (Status.KEEP, Status.DISCARD) and record.trials >= self.full_trials:
-                compared = kept.get(record.parent) or reference
-                scores.append(record.seed_scores)
-                if compared is not None:
-                    base = compared.scores_by_trial()
-                    differences.append([score - base[key] for key, score in record.scores_by_trial().items()
-                                        if key in base])
-            if record.status.kept:
-                kept[record.commit] = reference = record
-        baseline = self.baseline()
-        return estimate_noise(self.policy, baseline.seed_scores if baseline else [], scores, differences,
-                              self.files.calibration, self.noise_floor)
+        return night_noise(self.policy, self.records, self.full_trials, self.files.calibration, self.noise_floor)
 
     def standing(self) -> Standing:
         best = self.best()

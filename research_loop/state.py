@@ -127,12 +127,12 @@ def render(records: list[RunRecord], view: StateView) -> str:
         gain = ""
         if baseline is not None and best is not baseline and baseline.strict_f1 is not None:
             gain = f", {best.strict_f1 - baseline.strict_f1:+.4f} over the baseline"
-        out += [f"Run {best.run} ({best.status}, commit {best.commit[:10]}): strict F1 "
-                f"{score_text(best, view.unit)}{gain}, relaxed F1 {best.relaxed_f1 or 0:.4f}; per type: {per_type}.", ""]
+        out += [(f"Run {best.run} ({best.status}, commit {best.commit[:10]}): strict F1 "
+                f"{score_text(best, view.unit)}{gain}, relaxed F1 {best.relaxed_f1 or 0:.4f}; per type: {per_type}."), ""]
         if view.best_train_py is not None:
             out += ["Its config block:", "", "```python", *block_lines(view.best_train_py), "```", ""]
-    out += ["## Score history", "", f"Strict F1 is the mean over the {view.unit}s a run got (in brackets); a "
-            f"run screened out after one {view.unit} was never confirmed.", "",
+    out += ["## Score history", "", (f"Strict F1 is the mean over the {view.unit}s a run got (in brackets); a "
+            f"run screened out after one {view.unit} was never confirmed."), "",
             "| run | status | strict F1 | relaxed F1 | seconds | epochs | direction | description |",
             "|---|---|---|---|---|---|---|---|"]
     for record in records:
@@ -142,9 +142,9 @@ def render(records: list[RunRecord], view: StateView) -> str:
                    f"{record.seconds:.0f} | {epochs} | {_cell(record.direction, 40)} | {_cell(record.description)} |")
     out += ["", "## Directions tried", ""]
     if view.close_after:
-        out += [f"A direction closes after {view.close_after} failures in a row; a proposal in a closed direction "
+        out += [(f"A direction closes after {view.close_after} failures in a row; a proposal in a closed direction "
                 "is sent back before any training unless program.md lists it under \"Reopened directions:\". "
-                f"Best and gain count only runs confirmed on all {view.full_trials} {view.unit}s.", ""]
+                f"Best and gain count only runs confirmed on all {view.full_trials} {view.unit}s."), ""]
     out += ["| direction | runs | best confirmed strict F1 | gain over baseline | failures in a row | closed |",
             "|---|---|---|---|---|---|"]
     base = baseline.strict_f1 if baseline is not None else None

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from .workspace import STOP_FILE
 
-
 PRESSED_EARLY = threading.Event()  # Ctrl-C before the loop's own handlers were in place
 
 

@@ -135,7 +135,8 @@ class MlflowTracker:
     def _guarded(self, what: str, action: Callable[[], object]) -> None:
         try:
             action()
-        except Exception as exc:  # MLflow, SQLAlchemy, HTTP, disk: none of it may end the night
+        # MLflow, SQLAlchemy, HTTP, disk: none of it may end the night
+        except Exception as exc:  # noqa: BLE001
             if not self._failing:
                 self.warn(f"mlflow: could not {what} ({_one_line(exc)}); the night goes on, "
                           f"tracking tries again at the next call")

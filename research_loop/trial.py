@@ -21,7 +21,7 @@ from .scoring import Scorer, TrialScore
 TRIAL_FILE = "trial.json"
 LOOP_FILES = ("run.log", TRIAL_FILE, "timing.json", "attempts", "train.pid", "proposal_train.py", "tampered",
               "consensus", "submission.csv")
-LOOP_NAMES = re.compile(r"^(seed|fold)-\d+$|^tampered")  # the loop's own folders inside a run folder
+LOOP_NAMES = re.compile(r"^(seed|fold)-\d+|^tampered")  # the loop's own folders inside a run folder
 
 
 @dataclass

@@ -20,7 +20,8 @@ import numpy as np
 from scipy.integrate import trapezoid
 from scipy.stats import norm, t  # scipy comes with seqeval (through scikit-learn)
 
-from .acceptance import Noise, estimate_noise, make_policy
+from .acceptance import Noise, make_policy
+from .acceptance import night_noise as acceptance_night_noise
 from .records import RunRecord, Status
 
 PLATEAU_RUNS = 15  # no keep in this many runs is a plateau
@@ -219,22 +220,9 @@ def bootstrap_gain(best: list[np.ndarray], baseline: list[np.ndarray], resamples
 
 
 def night_noise(records: list[RunRecord], full_trials: int, calibration: list[float], floor: float) -> Noise:
-    """The sd of one paired difference (trial of a run minus the same trial of the best it was compared with),
-    estimated as the loop's confirm policy does (acceptance.estimate_noise) from the night's records."""
-    kept: dict[str, RunRecord] = {}
-    reference, scores, differences = None, [], []
-    for record in records:
-        if record.status in (Status.KEEP, Status.DISCARD) and record.trials >= full_trials:
-            compared = kept.get(record.parent) or reference
-            scores.append(record.seed_scores)
-            if compared is not None:
-                differences.append(list(paired_differences(record.scores_by_trial(),
-                                                           compared.scores_by_trial()).values()))
-        if record.status.kept:
-            kept[record.commit] = reference = record
-    baseline = next((record for record in records if record.status is Status.BASELINE), None)
+    """The sd of one paired difference, estimated as the loop's confirm policy does from the night's records."""
     policy = make_policy("confirm", trials=max(2, full_trials), paired=True)
-    return estimate_noise(policy, baseline.seed_scores if baseline else [], scores, differences, calibration, floor)
+    return acceptance_night_noise(policy, records, full_trials, calibration, floor)
 
 
 def expected_max_normal(n: int) -> float:

@@ -61,7 +61,7 @@ def repo_key(repo: Path) -> str:
                 identity = ""
         except OSError:
             identity = ""
-    return hashlib.sha256(f"{path}:{identity}".encode("utf-8")).hexdigest()[:12]
+    return hashlib.sha256(f"{path}:{identity}".encode()).hexdigest()[:12]
 
 
 def check_tag(tag: str) -> str:
@@ -100,10 +100,11 @@ class Workspace:
         return self.tag_dir / f"{run:04d}"
 
     def trial_dir(self, run: int, index: int, seed: int, fold: int | None) -> Path:
-        """The first trial's files sit in the run folder itself; later ones in seed-<s>/ or fold-<k>/."""
+        """The first trial's files sit in the run folder itself; later ones in seed-<s>/ or fold-<k>-seed-<s>/
+        (a cross-validated baseline runs each fold on a second seed too, to measure the noise)."""
         if index == 0:
             return self.run_dir(run)
-        return self.run_dir(run) / (f"fold-{fold}" if fold is not None else f"seed-{seed}")
+        return self.run_dir(run) / (f"fold-{fold}-seed-{seed}" if fold is not None else f"seed-{seed}")
 
     def night(self) -> dict:
         return read_json(self.tag_dir / NIGHT_FILE)

@@ -109,7 +109,9 @@ def main():
     if ACTION == "tamper":
         with open(TAMPER_TARGET, "a") as file:
             file.write("\\n# tampered\\n")
+    slept_from = time.time()
     time.sleep(args.sleep)
+    print(f"slept from {slept_from:.3f} to {time.time():.3f}", flush=True)
     if ACTION == "nopred":
         return
     rows = [json.loads(line) for line in open(args.data / "val.jsonl", encoding="utf-8")]
@@ -132,9 +134,13 @@ def main():
             if index < int(quality * len(tagged)) and row["tags"]:
                 row["tags"][0] = load_labels(args.data)[1]
         write_submission_csv(args.out / "pred_test.csv", tagged)
+    with open(args.out / "view.json", "w") as file:  # what train.py saw of val (tags must never be there)
+        json.dump({"val_rows": len(rows), "val_has_tags": any("tags" in row for row in rows)}, file)
     print("---")
     print("strict_f1: 0.999999")
     print("peak_vram_mb: 1024.0")
+    print("device: cpu")
+    print("epochs: 1.00")
 
 
 LEXICON
@@ -224,6 +230,7 @@ class ScriptedAgent:
     def propose(self, context):
         from research_loop.agents import AgentError, Proposal
 
+        time.sleep(float(os.environ.get("NER_AUTORESEARCH_TEST_AGENT_DELAY", "0")))  # a slow LLM
         self.contexts.append(context)
         if not self.script:
             raise AgentError("the script is over")
@@ -272,11 +279,22 @@ def loop_config(repo: Path, tag: str, **overrides):
     return LoopConfig(**settings)
 
 
+def train_pid_file(repo: Path, tag: str, run: int, trial: int = 0) -> Path:
+    """Where the loop keeps the pid of run `run`'s trial `trial` while it trains (its own store, out of
+    train.py's reach); the file exists exactly while that train.py runs."""
+    from research_loop.workspace import Workspace
+
+    return Workspace(repo, tag).store / "pids" / f"{run:04d}-{trial}.pid"
+
+
 def drive(repo: Path, tag: str, script: list, max_runs: int, overrides: dict | None = None) -> None:
     """Run the loop with a ScriptedAgent in this process (the script entry point)."""
     from research_loop.loop import run_loop
 
-    summary = run_loop(loop_config(repo, tag, max_runs=max_runs, **(overrides or {})), ScriptedAgent(script))
+    overrides = dict(overrides or {})
+    if "settings" in overrides:
+        overrides["settings"] = [tuple(item) for item in overrides["settings"]]
+    summary = run_loop(loop_config(repo, tag, max_runs=max_runs, progress=True, **overrides), ScriptedAgent(script))
     print(json.dumps({"stop_reason": summary.stop_reason, "runs": summary.runs}))
 
 

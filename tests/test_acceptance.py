@@ -110,7 +110,7 @@ def test_paired_noise_uses_a_conservative_prior_until_pairs_are_measured():
     assert prior.sd == pytest.approx(math.sqrt(2) * stdev(baseline)) and "prior" in prior.source
     differences = [[0.05, 0.011, 0.009], [0.04, 0.012, 0.010], [0.03, 0.008, 0.014]]  # the first pair passed a screen
     measured = estimate_noise(Confirm(paired=True), baseline, [], differences, [], floor=0.001)
-    expected, df = pooled_sd([row[1:] for row in differences])
+    _expected, df = pooled_sd([row[1:] for row in differences])
     assert df == 3 and "prior" in measured.source  # 3 degrees of freedom are not enough yet
     measured = estimate_noise(Confirm(paired=True), baseline, [], differences * 2, [], floor=0.001)
     assert measured.sd == pytest.approx(pooled_sd([row[1:] for row in differences * 2])[0])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fake_anthropic import FakeAnthropic, message, raw, text, tool_use
+from fake_anthropic import FakeAnthropic, message, raw, tool_use
 from fake_openai import FakeOpenAI, completion, tool_call
 from loop_helpers import ScriptedAgent, loop_config, make_repo, results
 
@@ -97,7 +97,6 @@ def test_a_night_with_claude_code_through_a_fake_transport(repo):
 
 def test_a_night_with_the_optuna_baseline(repo, prepared_task7):
     import prepare
-
     from research_loop.agents.optuna_agent import OptunaAgent
 
     agent = OptunaAgent(prepare.load_labels(prepared_task7), prepare.load_entity_types(prepared_task7), seed=0,
@@ -157,3 +156,25 @@ def test_test_rows_are_predicted_only_for_runs_that_can_be_kept(tmp_path, prepar
             assert folders[row["run"]] == [], row
     kept = [row for row in rows if row["status"] == "keep"]
     assert kept and all(folders[row["run"]] == ["seed-43/pred_test.csv"] for row in kept)
+
+
+def test_a_tracked_night_is_in_mlflow(repo, tmp_path):
+    """--mlflow: the night is the parent run, each row a nested run with the config as params and the scores
+    as metrics, read back through MLflow's own client (what `mlflow ui` shows)."""
+    from mlflow.tracking import MlflowClient
+
+    from research_loop.tracking import make_tracker
+
+    warnings = []
+    tracker = make_tracker(None, True, repo, repo / "runs" / TAG / "mlflow.json", warnings.append)
+    run_loop(loop_config(repo, TAG, max_runs=3, tracker=tracker), ScriptedAgent([("QUALITY", 0.9), ("QUALITY", 0.2)]))
+    assert warnings == []
+    client = MlflowClient(tracking_uri=tracker.uri)
+    experiment = client.get_experiment_by_name(f"ner-autoresearch/{repo.name}")
+    runs = client.search_runs([experiment.experiment_id])
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId")]
+    assert len(runs) == 4 and len(children) == 3
+    by_status = {run.data.tags["status"]: run for run in children}
+    assert set(by_status) == {"baseline", "keep", "discard"} and by_status["keep"].data.tags["kept"] == "true"
+    assert by_status["keep"].data.params["QUALITY"] == "0.9"
+    assert by_status["keep"].data.metrics["strict_f1"] == pytest.approx(float(results(repo)[1]["strict_f1"]), abs=1e-6)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from loop_helpers import FAKE_TRAIN_PY, ScriptedAgent, git, loop_config, make_repo, results
+from loop_helpers import ScriptedAgent, git, loop_config, make_repo, results
 
 import prepare
 from research_loop import holdout
@@ -195,7 +195,7 @@ def test_no_attack_succeeds(backend, tmp_path, prepared_task7, monkeypatch):
     assert not list(Path("/tmp").glob(f"{MARK}*")) and not (repo / f"{MARK}-outside").exists()
     assert not (Path(sysconfig.get_paths()["purelib"]) / f"{MARK}.pth").exists()
     assert not (repo / "CURRENT_STATE.md").is_symlink() and MARK not in (repo / "program.md").read_text()
-    assert subprocess.run(["pgrep", "-f", MARK], capture_output=True).stdout == b""
+    assert subprocess.run(["pgrep", "-f", MARK], capture_output=True, check=False).stdout == b""
     assert git(repo, "status", "--porcelain") == ""
     assert MARK.encode() + b"-netrc" not in everything_under(repo)
     assert not list((repo / "runs" / "t").rglob("stolen_gold.jsonl"))
@@ -225,7 +225,7 @@ def test_the_loops_own_git_runs_no_hooks_and_ignores_injected_config(tmp_path, p
 
 def test_without_a_sandbox_an_llm_night_refuses_and_a_search_night_says_unsandboxed(tmp_path, prepared_task7,
                                                                                   monkeypatch):
-    import research_loop.sandbox as sandbox
+    from research_loop import sandbox
     from research_loop.cli_support import RunOptions, run_night
 
     repo = make_repo(tmp_path, prepared_task7)

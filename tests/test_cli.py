@@ -9,7 +9,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import pytest
 from loop_helpers import PROJECT, data_without_test_rows, make_repo, results
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_sample.tsv"
@@ -101,7 +100,7 @@ def test_report_with_no_runs_says_so_in_one_line(tmp_path, prepared_task7):
 def test_a_night_spans_midnight_and_only_a_finished_one_starts_another(tmp_path, prepared_task7, monkeypatch):
     """The same plain command after midnight resumes the night; once a night ended as planned (a budget), the
     next plain command starts a new one; Ctrl-C (an unfinished night) is resumed whatever the date."""
-    import research_loop.workspace as workspace
+    from research_loop import workspace
     from research_loop.cli_support import RunOptions, run_night
     from research_loop.stopping import PRESSED_EARLY
 

@@ -1,4 +1,4 @@
-"""Tests for evaluate.py: SPEC.md's test vectors, agreement with seqeval on the real dev set, the CLI (unknown
+"""Tests for evaluate.py: the task metric's test vectors, agreement with seqeval on the real dev set, the CLI (unknown
 entity types, a closed pipe)."""
 
 import ast
@@ -47,7 +47,7 @@ def dev_gold(dev_csv) -> dict[str, list[str]]:
     return {row.ID: ast.literal_eval(row.ner_tags) for row in frame.itertuples()}
 
 
-# ----- SPEC.md test vectors -----
+# ----- the task metric's test vectors (strict and relaxed, per type and overall) -----
 
 
 def expand(short: str) -> list[str]:
@@ -64,8 +64,8 @@ def prf(hits: int, predicted: int, gold: int) -> tuple[float, float, float]:
 
 
 # gold, pred, strict {type: (TP, FP, FN)}, relaxed {type: (overlap, pred tokens, gold tokens)},
-# relaxed overall (P, R, F1) as printed in SPEC.md (3 decimals).
-SPEC_VECTORS = [
+# relaxed overall (P, R, F1) as published with the vectors (3 decimals).
+METRIC_VECTORS = [
     ("B-S I-S I-S I-S", "B-S I-S O O", {"S": (0, 1, 1)}, {"S": (2, 2, 4)}, (1.0, 0.5, 0.667)),
     ("B-C", "B-S", {"C": (0, 0, 1), "S": (0, 1, 0)}, {"C": (0, 0, 1), "S": (0, 1, 0)}, (0.0, 0.0, 0.0)),
     ("O B-C I-C", "O I-C I-C", {"C": (1, 0, 0)}, {"C": (2, 2, 2)}, (1.0, 1.0, 1.0)),
@@ -101,18 +101,18 @@ def check_against_counts(result: dict, strict: dict, relaxed: dict) -> None:
     assert_figures(result["relaxed"], prf(*(sum(counts[i] for counts in relaxed.values()) for i in range(3))))
 
 
-@pytest.mark.parametrize("gold, pred, strict, relaxed, relaxed_overall", SPEC_VECTORS)
+@pytest.mark.parametrize("gold, pred, strict, relaxed, relaxed_overall", METRIC_VECTORS)
 def test_spec_vector(gold, pred, strict, relaxed, relaxed_overall):
     result = score([expand(gold)], [expand(pred)])
     check_against_counts(result, strict, relaxed)
     relaxed_figures = tuple(result["relaxed"][metric] for metric in ("precision", "recall", "f1"))
-    assert relaxed_figures == pytest.approx(relaxed_overall, abs=5e-4)  # SPEC.md prints 3 decimals
+    assert relaxed_figures == pytest.approx(relaxed_overall, abs=5e-4)  # published to 3 decimals
 
 
 def test_spec_vectors_pool_their_counts_when_scored_together():
-    result = score([expand(v[0]) for v in SPEC_VECTORS], [expand(v[1]) for v in SPEC_VECTORS])
+    result = score([expand(v[0]) for v in METRIC_VECTORS], [expand(v[1]) for v in METRIC_VECTORS])
     strict, relaxed = {}, {}
-    for _, _, row_strict, row_relaxed, _ in SPEC_VECTORS:
+    for _, _, row_strict, row_relaxed, _ in METRIC_VECTORS:
         for totals, row in ((strict, row_strict), (relaxed, row_relaxed)):
             for t, counts in row.items():
                 totals[t] = tuple(a + b for a, b in zip(totals.get(t, (0, 0, 0)), counts, strict=True))

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 from loop_helpers import git, make_repo
 
 import prepare

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from loop_helpers import (
@@ -23,6 +22,7 @@ from loop_helpers import (
     make_repo,
     results,
     set_constant,
+    train_pid_file,
 )
 
 from research_loop.agents.base import AgentError, Proposal, Usage
@@ -99,7 +99,7 @@ def test_timeout_kills_everything_train_py_started(repo):
     assert row["status"] == "timeout" and "killed after" in row["note"]
     assert 2.5 < float(row["seconds"]) < 15
     # The sandbox's own PID namespace died with it: no python sleeping 600 s is left anywhere.
-    leftovers = subprocess.run(["pgrep", "-f", "time.sleep(600)"], capture_output=True, text=True).stdout.split()
+    leftovers = subprocess.run(["pgrep", "-f", "time.sleep(600)"], capture_output=True, text=True, check=False).stdout.split()
     assert leftovers == []
 
 
@@ -336,9 +336,9 @@ def test_run_interrupted_twice_is_logged_as_a_crash(repo):
 def test_kill_during_training_then_restart_reruns_the_run(repo):
     hang = f"hang_until:{time.time() + 20:.0f}"
     code, _ = drive(repo, [["QUALITY", 0.7], ["ACTION", hang]], 5,
-                    wait_for=lambda: (repo / "runs" / TAG / "0002" / "train.pid").exists())
+                    wait_for=lambda: train_pid_file(repo, TAG, 2).exists())
     assert code == -9 and statuses(repo) == ["baseline", "keep"]
-    orphan = int((repo / "runs" / TAG / "0002" / "train.pid").read_text())
+    orphan = int(train_pid_file(repo, TAG, 2).read_text())
     time.sleep(0.5)
     assert not alive(orphan)  # the sandbox died with the loop that started it
     code, output = drive(repo, [["QUALITY", 0.6]], 2)
@@ -380,19 +380,19 @@ def test_ctrl_c_finishes_the_run_and_twice_kills_it(repo):
             time.sleep(0.02)
 
     process = start()
-    wait_for(repo / "runs" / TAG / "0002" / "train.pid")
+    wait_for(train_pid_file(repo, TAG, 2))
     process.send_signal(signal.SIGINT)  # once: run 2 finishes and is logged, then the loop stops
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 0 and "stopped by Ctrl-C" in output
     assert statuses(repo) == ["baseline", "keep", "discard"]
 
     process = start()  # the scripted agent starts over: QUALITY 0.7 is a duplicate, SLEEP_S 2.0 too
-    wait_for(repo / "runs" / TAG / "0003" / "train.pid")
+    wait_for(train_pid_file(repo, TAG, 3))
     process.send_signal(signal.SIGINT)
     time.sleep(0.2)
     process.send_signal(signal.SIGINT)  # twice: run 3 is killed, nothing is logged for it
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 0 and "aborted" in output, output
     assert statuses(repo) == ["baseline", "keep", "discard"]
-    assert not (repo / "runs" / TAG / "0003" / "train.pid").exists()
+    assert not train_pid_file(repo, TAG, 3).exists()
     assert git(repo, "status", "--porcelain") == ""

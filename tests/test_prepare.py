@@ -700,7 +700,7 @@ def test_bad_aux_options_are_one_line_errors(
 # ----- The task card -----
 
 
-def test_task7_task_card_describes_the_types_the_text_and_the_counts(prepared_task7):
+def test_task7_task_card_describes_the_types_the_text_and_the_counts(prepared_task7, task7_dir):
     card = (prepared_task7 / "task.md").read_text(encoding="utf-8")
     assert "ClinicalImpacts" in card and "SocialImpacts" in card
     for words in (
@@ -718,6 +718,9 @@ def test_task7_task_card_describes_the_types_the_text_and_the_counts(prepared_ta
     assert "| train | 842 | 20.5 / 123 | ClinicalImpacts 256, SocialImpacts 87 |" in card
     assert "| val | 172 | " in card and "| test | 578 | " in card and "/ 9,009 | (unlabeled)" in card
     assert "holdout" not in card.lower()  # the blind split stays out of the agent's prompt
+    # The card goes to the agent's LLM: the source folder by name, never the user's directories.
+    assert "Source: smm4h2026-task7 (task7)." in card and str(task7_dir.resolve().parent) not in card
+    assert "/" not in card.split("Source:")[1].split("\n")[0]
 
 
 def test_task_card_option_takes_the_users_file_as_it_is(task7_dir, tmp_path, monkeypatch, capsys):

@@ -145,7 +145,7 @@ def test_a_timeout_kills_train_py_and_everything_it_started(backend, tmp_path):
         """, tmp_path, timeout_s=2)
     assert result.kind == "timeout" and time.monotonic() - start < 20
     time.sleep(0.5)
-    survivors = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    survivors = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False).stdout.split()
     assert survivors == []
 
 
@@ -203,7 +203,7 @@ UNPRIVILEGED = "nerauto"
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_the_sandbox_as_an_unprivileged_user(backend_name, tmp_path):
     """Users are not root: the same job, run by an ordinary account through runuser."""
-    if subprocess.run(["id", UNPRIVILEGED], capture_output=True).returncode != 0:
+    if subprocess.run(["id", UNPRIVILEGED], capture_output=True, check=False).returncode != 0:
         if REQUIRED:
             pytest.fail(f"user {UNPRIVILEGED} is missing (.ci/run creates it)")
         pytest.skip(f"no user {UNPRIVILEGED} (useradd {UNPRIVILEGED})")
@@ -233,7 +233,7 @@ def test_the_sandbox_as_an_unprivileged_user(backend_name, tmp_path):
     # code needs only the standard library (jobs.py and sandbox.py import nothing else).
     python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable
     done = subprocess.run(["runuser", "-u", UNPRIVILEGED, "--", python, str(script)], capture_output=True,
-                          text=True, timeout=120, env=env, cwd=work)
+                          text=True, timeout=120, env=env, cwd=work, check=False)
     shutil.rmtree(work, ignore_errors=True)
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout.strip().splitlines()[-1])

@@ -10,7 +10,7 @@ import time
 import pexpect
 import pytest
 from fake_openai import FakeOpenAI, completion, slow, tool_call
-from loop_helpers import git, make_repo, results
+from loop_helpers import git, make_repo, results, train_pid_file
 
 TAG = "t"
 
@@ -66,7 +66,7 @@ def check_night(repo, output, exit_status=0):
 
 def test_ctrl_c_once_during_training_finishes_the_run_then_stops(repo):
     child = builtin_night(repo)
-    wait_for(lambda: (repo / "runs" / TAG / "0001" / "train.pid").exists())
+    wait_for(lambda: train_pid_file(repo, TAG, 1).exists())
     child.sendcontrol("c")
     output = finish(child)
     rows = check_night(repo, output, child.exitstatus)
@@ -76,14 +76,14 @@ def test_ctrl_c_once_during_training_finishes_the_run_then_stops(repo):
 
 def test_ctrl_c_twice_during_training_kills_the_run_and_logs_nothing_half_done(repo):
     child = builtin_night(repo)
-    wait_for(lambda: (repo / "runs" / TAG / "0001" / "train.pid").exists())
+    wait_for(lambda: train_pid_file(repo, TAG, 1).exists())
     child.sendcontrol("c")
     time.sleep(0.3)
     child.sendcontrol("c")
     output = finish(child)
     rows = check_night(repo, output, child.exitstatus)
     assert "aborted" in output and [row["run"] for row in rows] == ["0"]
-    assert not (repo / "runs" / TAG / "0001" / "train.pid").exists()
+    assert not train_pid_file(repo, TAG, 1).exists()
     # The interrupted run was committed: the next plain command resumes the night and runs it first.
     child = spawn(repo, "--agent", "builtin", "--max-runs", "1", "--set", "SLEEP_S=0.0")
     output = finish(child)

@@ -237,7 +237,6 @@ class AnthropicAgent:
         self.max_turns = max_turns
         self.max_tokens = max_tokens
         self.max_cost_usd_per_proposal = max_cost_usd_per_proposal
-        self.total_usage = Usage()  # every proposal, failed ones included, for the loop's cost cap
         self.client = make_client(max_retries, request_timeout_s)
 
     def propose(self, context: Context) -> Proposal:
@@ -245,12 +244,4 @@ class AnthropicAgent:
         check_api_key()  # the SDK would raise a bare TypeError without one
         session = ToolSession(context.repo, context.train_py, context.last_log_path)
         conversation = MessagesConversation(self.client, self.model, self.max_tokens, context)
-        try:
-            proposal = converse(
-                conversation, session, max_turns=self.max_turns, max_cost_usd=self.max_cost_usd_per_proposal
-            )
-        except AgentError as err:
-            self.total_usage.add(err.usage)
-            raise
-        self.total_usage.add(proposal.usage)
-        return proposal
+        return converse(conversation, session, max_turns=self.max_turns, max_cost_usd=self.max_cost_usd_per_proposal)

@@ -10,6 +10,7 @@ from ..config_block import literal, read_config, set_constant
 from . import search_space
 from .base import AgentError, Context, Proposal
 
+
 class BuiltinAgent:
     """Seeded random search: change one config constant of the current best train.py per proposal."""
 

@@ -141,7 +141,6 @@ class ClaudeCodeAgent:
         self.max_cost_usd_per_proposal = max_cost_usd_per_proposal
         self.timeout_s = timeout_s  # a CLI that hangs must not hang the night
         self.transport_factory = transport_factory  # options -> Transport; None: the CLI as a subprocess
-        self.total_usage = Usage()  # every proposal, failed ones included, for the loop's cost cap
 
     def propose(self, context: Context) -> Proposal:
         """One fresh Claude Code session that ends in a submitted train.py, or an AgentError with `.usage`."""
@@ -151,15 +150,12 @@ class ClaudeCodeAgent:
             proposal = anyio.run(self._session, context, session, tally)
         except AgentError as err:
             err.usage = tally.usage()
-            self.total_usage.add(err.usage)
             raise
         except Exception as err:  # the SDK's errors, a timeout, a bug: never a bare traceback for the loop
             error = self._agent_error(err)
             error.usage = tally.usage()
-            self.total_usage.add(error.usage)
             raise error from err
         proposal.usage = tally.usage()
-        self.total_usage.add(proposal.usage)
         return proposal
 
     def options(self, session: ToolSession, scratch: str, program_md: str):

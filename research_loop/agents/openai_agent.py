@@ -271,19 +271,10 @@ class OpenAIAgent:
         self.max_turns = max_turns
         self.max_tokens = max_tokens  # None: the server's default
         self.max_cost_usd_per_proposal = max_cost_usd_per_proposal  # applies only where the price is known
-        self.total_usage = Usage()  # every proposal, failed ones included, for the loop's cost cap
         self.client = make_client(base_url, max_retries, request_timeout_s)
 
     def propose(self, context: Context) -> Proposal:
         """One fresh conversation that ends in a submitted train.py, or an AgentError carrying `.usage`."""
         session = ToolSession(context.repo, context.train_py, context.last_log_path)
         conversation = ChatConversation(self.client, self.model, self.max_tokens, context)
-        try:
-            proposal = converse(
-                conversation, session, max_turns=self.max_turns, max_cost_usd=self.max_cost_usd_per_proposal
-            )
-        except AgentError as err:
-            self.total_usage.add(err.usage)
-            raise
-        self.total_usage.add(proposal.usage)
-        return proposal
+        return converse(conversation, session, max_turns=self.max_turns, max_cost_usd=self.max_cost_usd_per_proposal)

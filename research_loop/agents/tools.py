@@ -8,7 +8,6 @@ copy of train.py; nothing writes files. Every LLM backend offers these same thre
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
