@@ -806,7 +806,7 @@ def task7_with_aux(prepared_task7, task7_dir, ncbi_dir, bc5cdr_dir, tmp_path_fac
 
 @pytest.mark.parametrize(
     ("mode", "aux_sets"),
-    [("sequential", ["ncbi"]), ("mixed", ["ncbi", "bc5cdr"])],
+    [("sequential", ["ncbi"]), pytest.param("mixed", ["ncbi", "bc5cdr"], marks=pytest.mark.slow)],
     ids=["sequential", "mixed"],
 )
 def test_transfer_from_auxiliary_sets(task7_with_aux, tmp_path, monkeypatch, capsys, mode, aux_sets):
