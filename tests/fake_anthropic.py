@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from fake_server import LocalServer
 
 DEFAULT_USAGE = {
     "input_tokens": 1000,
@@ -78,7 +79,7 @@ RATE_LIMITED = error(
 BAD_KEY = error(401, "authentication_error", "invalid x-api-key")
 
 
-class FakeAnthropic:
+class FakeAnthropic(LocalServer):
     """A ThreadingHTTPServer on 127.0.0.1 (free port) serving scripted Messages API replies."""
 
     def __init__(self, script: list[dict], sdk_retry_after_ms: int = 1, toolless_reply: dict | None = None):
@@ -91,36 +92,17 @@ class FakeAnthropic:
         self.raw_requests: list[str] = []
         self.headers: list[dict] = []
         self.sdk_retry_after_ms = sdk_retry_after_ms  # keeps the SDK's own retry sleeps tiny
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        super().__init__()
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.address
 
     def install(self, monkeypatch) -> None:
         """Point the anthropic SDK at this server with a dummy key (pytest monkeypatch)."""
         monkeypatch.setenv("ANTHROPIC_BASE_URL", self.url)
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-dummy")
         monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
-
-    def start(self) -> FakeAnthropic:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def all_requests_text(self) -> str:
         return "\n".join(self.raw_requests)

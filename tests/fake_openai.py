@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from fake_server import LocalServer
 
 DEFAULT_USAGE = {
     "prompt_tokens": 1000,
@@ -87,7 +88,7 @@ def raw(body: str, status: int = 200, content_type: str = "application/json") ->
     return {"raw": body, "status": status, "content_type": content_type}
 
 
-class FakeOpenAI:
+class FakeOpenAI(LocalServer):
     """A ThreadingHTTPServer on 127.0.0.1 (free port) serving scripted chat.completions replies."""
 
     def __init__(self, script: list[dict], retry_after_ms: int = 10):
@@ -96,30 +97,11 @@ class FakeOpenAI:
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.retry_after_ms = retry_after_ms
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        super().__init__()
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def start(self) -> FakeOpenAI:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return f"{self.address}/v1"
 
     def all_requests_text(self) -> str:
         return "\n".join(json.dumps(request) for request in self.requests)

@@ -184,6 +184,14 @@ class Backend:
         for server in self.servers:
             server.stop()
 
+    @staticmethod
+    def model_turns(fake) -> int:
+        return len(fake.requests)
+
+    @staticmethod
+    def everything_sent(fake) -> str:
+        return fake.all_requests_text()
+
 
 class AnthropicBackend(Backend):
     name = "anthropic"
@@ -220,14 +228,6 @@ class AnthropicBackend(Backend):
     def text_after(fake, turn: int) -> str:
         blocks = fake.requests[turn + 1]["messages"][-1]["content"]
         return "\n".join(block["text"] for block in blocks if block.get("type") == "text")
-
-    @staticmethod
-    def model_turns(fake) -> int:
-        return len(fake.requests)
-
-    @staticmethod
-    def everything_sent(fake) -> str:
-        return fake.all_requests_text()
 
     def expected(self, turns: int) -> Expected:
         return Expected(turns, turns * 4000, turns * 200, turns * self.one_call_cost)
@@ -268,14 +268,6 @@ class OpenAIBackend(Backend):
     @staticmethod
     def text_after(fake, turn: int) -> str:
         return fake.requests[turn + 1]["messages"][-1]["content"]
-
-    @staticmethod
-    def model_turns(fake) -> int:
-        return len(fake.requests)
-
-    @staticmethod
-    def everything_sent(fake) -> str:
-        return fake.all_requests_text()
 
     def expected(self, turns: int) -> Expected:
         return Expected(turns, turns * 1000, turns * 200, turns * self.one_call_cost)
