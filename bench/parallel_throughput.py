@@ -12,6 +12,7 @@ Uses the prepared data/ of this checkout and the tests' fake train.py (tests/loo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -40,7 +41,10 @@ class SlowAgent(ScriptedAgent):
 
     def propose(self, context):
         time.sleep(self.seconds)
-        return super().propose(context)
+        proposal = super().propose(context)
+        # A direction of its own each time: five failures in a row would close a shared one, and the
+        # bounced proposals would cost agent time but no training.
+        return dataclasses.replace(proposal, direction=f"quality {len(self.contexts)}")
 
 
 def measure(label: str, runs: int, train_s: float, agent_s: float, **config) -> dict:

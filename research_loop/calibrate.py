@@ -27,12 +27,12 @@ from .ledger import now_iso
 from .lock import LockError, LoopLock
 from .loop import LoopConfig
 from .model_cache import ModelCacheError, ensure_cached, model_name
-from .night import source_folders
+from .night import private_folders
 from .safe_io import open_no_follow, read_bytes, write_atomically
 from .scoring import Scorer, TrialScore, import_file
 from .stopping import abort_on_signals
 from .trial import save_outputs
-from .workspace import Workspace, WorkspaceError, cache_root, check_tag
+from .workspace import Workspace, WorkspaceError, check_tag
 
 CALIBRATION_FILE = "calibration.json"
 FIRST_SEED = 42  # the loop's seeds are 42, 43, ...: calibration seeds coincide with its runs
@@ -164,7 +164,7 @@ class Bench:
         for pid_file in (ws.tag_dir / "calibrate").glob("*/train.pid"):
             if kill_stale(pid_file):
                 echo(f"killed a train.py left running by a killed calibrate ({pid_file.parent.name})")
-        private = [cache_root(), *source_folders(views.manifest)]
+        private = private_folders(ws.repo, views.manifest)
         return cls(ws, views, Scorer(evaluate, entity_types), fixed, backend, private)
 
     def log(self, seed: int) -> Path:

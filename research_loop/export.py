@@ -24,13 +24,13 @@ from .jobs import Job, run_job
 from .ledger import RESULTS_FILE, read_records, tag_of
 from .lock import LockError, LoopLock
 from .model_cache import ModelCacheError, ensure_cached, model_name
-from .night import source_folders
+from .night import private_folders
 from .records import RecordError, RunRecord
 from .safe_io import open_no_follow, read_bytes, write_atomically
 from .scoring import import_file
 from .stopping import abort_on_signals
 from .trial import TrialOutcome
-from .workspace import Workspace, WorkspaceError, cache_root, check_tag
+from .workspace import Workspace, WorkspaceError, check_tag
 
 EXPORTS_DIR = "exports"
 SUBMISSION_FILE = "submission.csv"
@@ -330,7 +330,7 @@ def retrain_job(ws: Workspace, files: dict[str, bytes], run: int, seed: int, fol
     job = Job(files[TRAIN_FILE].decode("utf-8"), {name: files[name] for name in FIXED_FILES}, view.files, seed,
               fold, timeout_s=timeout_s or math.inf, budget_s=budget_s, extra_args=options,
               label=f"export run {run}")
-    return job, [cache_root(), *source_folders(views.manifest)]
+    return job, private_folders(ws.repo, views.manifest)
 
 
 def run_retrain(ws: Workspace, job: Job, private: list[Path], backend: str, run: int, log: Path) -> bytes:

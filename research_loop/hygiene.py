@@ -4,10 +4,13 @@ code). Anything else is sent back to the agent with the reason, never passed to 
 from __future__ import annotations
 
 import re
+import unicodedata
 
-# C0 controls except \t \n \r, DEL, C1 controls, and the Unicode line/paragraph separators.
-CODE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
-LINE_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# C0 controls except \t \n \r, DEL, C1 controls, the Unicode line/paragraph separators, and the bidi
+# overrides and isolates that make code read differently from how it runs ("Trojan Source").
+CODE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# In one line of text (a hypothesis, a direction): also zero-width and other invisible format characters.
+LINE_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\u00ad]")
 
 
 def _first(pattern: re.Pattern, text: str) -> str | None:
@@ -47,20 +50,32 @@ def collapse_whitespace(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def _unsafe(char: str) -> bool:
+    """Control and separator characters, lone surrogates, and invisible format characters (bidi overrides,
+    zero-width, soft hyphen: Unicode category Cf), which make text read differently from what it says."""
+    code = ord(char)
+    return (code < 32 or 0x7F <= code <= 0x9F or char in "\u2028\u2029\u0085" or 0xD800 <= code <= 0xDFFF
+            or (code > 0x9F and unicodedata.category(char) == "Cf"))
+
+
 def plain_text(text: object, limit: int = 2000) -> str:
-    """One line of printable text, at most `limit` characters: control and separator characters, lone
-    surrogates and terminal escapes shown as \\uXXXX, never passed on (to a TSV cell, a prompt, a terminal)."""
+    """One line of printable text, at most `limit` characters: control, separator and format characters and
+    terminal escapes shown as \\uXXXX, never passed on (to a TSV cell, a prompt, a terminal)."""
     out = []
     for char in str(text)[: limit * 2]:
-        code = ord(char)
         if char in "\t\n":
             out.append(" ")
-        elif code < 32 or 0x7F <= code <= 0x9F or char in "\u2028\u2029\u0085" or 0xD800 <= code <= 0xDFFF:
-            out.append(f"\\u{code:04x}")
+        elif _unsafe(char):
+            out.append(f"\\u{ord(char):04x}")
         else:
             out.append(char)
     line = "".join(out)
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def printable(text: str) -> str:
+    """A file's text for a prompt: lines and tabs kept, every other unsafe character shown as \\uXXXX."""
+    return "".join(f"\\u{ord(char):04x}" if char not in "\t\n" and _unsafe(char) else char for char in text)
 
 
 def plain_lines(text: str, limit: int = 20_000) -> str:

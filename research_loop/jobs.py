@@ -96,11 +96,10 @@ class LogSink:
         room = max(0, LOG_HEAD_BYTES - self.written)
         if room:
             part = chunk[:room]
-            if self.target is not None:
-                self.target.write(part)
-                self.target.flush()
-            else:
+            if self.head is not None:
                 self.head += part
+            else:
+                self._to_target(part)
             self.written += len(part)
         self.dropped += max(0, len(chunk) - room)
         self.tail += chunk
@@ -111,10 +110,19 @@ class LogSink:
         if self.dropped:
             kept = min(self.dropped, len(self.tail))
             ending = f"\n[... {self.dropped - kept} bytes of output left out ...]\n".encode() + bytes(self.tail[-kept:])
-            if self.target is not None:
-                self.target.write(ending)
-                self.target.flush()
+            if self.head is None:
+                self._to_target(ending)
         return None if self.head is None else bytes(self.head) + ending
+
+    def _to_target(self, data: bytes) -> None:
+        """A full disk stops the log file, never the pipe: train.py must not block on a pipe nobody drains."""
+        if self.target is None:
+            return
+        try:
+            self.target.write(data)
+            self.target.flush()
+        except OSError:
+            self.target = None
 
     def tail_text(self, lines: int = 50) -> str:
         return "\n".join(self.tail.decode("utf-8", errors="replace").splitlines()[-lines:])

@@ -27,8 +27,8 @@ from .night import (
     NightError,
     baseline_commit,
     open_files,
+    private_folders,
     replicate_keys,
-    source_folders,
     timeout_for,
     trial_keys,
     write_night,
@@ -42,7 +42,7 @@ from .scheduler import Scheduler
 from .session import Session
 from .stopping import Budget, StopControl
 from .tracking import NullTracker
-from .workspace import Workspace, WorkspaceError, cache_root, check_tag
+from .workspace import Workspace, WorkspaceError, check_tag
 
 
 class LoopError(Exception):
@@ -136,7 +136,7 @@ def run_loop(config: LoopConfig, agent: Agent) -> LoopSummary:
             files = open_files(night_config, ws)
             notes = [note for note in [place_branch(files.git, ws.tag, files.records)] if note]
             base = baseline_commit(night_config, ws, files.git, files.records)
-            private = [cache_root(), *source_folders(files.views.manifest)]
+            private = private_folders(ws.repo, files.views.manifest)
             executor = make_executor(config, ws, files.backend, private)
         except (NightError, SandboxError, ImportError) as exc:
             raise LoopError(str(exc)) from None

@@ -22,7 +22,7 @@ from .records import RunRecord
 from .safe_io import read_bytes
 from .sandbox import Limits
 from .scoring import Scorer, import_file
-from .workspace import STOP_FILE, Workspace
+from .workspace import STOP_FILE, Workspace, cache_root
 
 
 class NightError(Exception):
@@ -162,6 +162,12 @@ def choose_sandbox(config: NightConfig, notes: list[str]) -> tuple[str, str]:
     if passed_over:
         notes.append(f"sandbox: {backend} ({'; '.join(passed_over)})")
     return backend, f"sandbox: {backend}"
+
+
+def private_folders(repo: Path, manifest: dict) -> list[Path]:
+    """What every job hides besides the repository: the loop's cache (holdout gold, its store, other jobs),
+    data/ wherever it really is (a link out of the repository), and the folders the data came from."""
+    return [cache_root(), repo / "data", *source_folders(manifest)]
 
 
 def source_folders(manifest: dict) -> list[Path]:

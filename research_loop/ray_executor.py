@@ -34,13 +34,16 @@ def require_ray():
     return ray
 
 
-def _run_remote(job: Job, backend: str, limits: Limits, grace_s: float) -> JobResult:
-    """Runs on a Ray worker: the job in this machine's sandbox, everything returned as bytes."""
+def _run_remote(job: Job, backend: str, limits: Limits, grace_s: float, repo: str, private: list[str]) -> JobResult:
+    """Runs on a Ray worker: the job in this machine's sandbox, everything returned as bytes. The head's
+    repository and private folders are hidden wherever they exist here too (a worker on the head's machine
+    sees the same file system), and so is this machine's own loop cache."""
     import socket
     import tempfile
 
     from . import sandbox
     from .jobs import run_job
+    from .workspace import cache_root
 
     if backend != "none" and sandbox.probe(backend):
         try:
@@ -52,8 +55,9 @@ def _run_remote(job: Job, backend: str, limits: Limits, grace_s: float) -> JobRe
     root = Path(tempfile.gettempdir()) / "ner-autoresearch-ray-jobs"
     if gpus:
         job.env = {**job.env, "CUDA_VISIBLE_DEVICES": gpus}
-    return run_job(job, backend, jobs_root=root, repo=None, private=[], log=None, grace_s=grace_s, limits=limits,
-                   worker=worker)
+    hidden = [Path(path) for path in private] + [cache_root()]
+    return run_job(job, backend, jobs_root=root, repo=Path(repo), private=hidden, log=None, grace_s=grace_s,
+                   limits=limits, worker=worker)
 
 
 class RayExecutor:
@@ -68,6 +72,7 @@ class RayExecutor:
             ray.init(log_to_driver=False, configure_logging=False, **options)
         self.startup_s = time.monotonic() - started
         self.ray, self.slots, self.backend, self.limits, self.grace_s = ray, slots, backend, limits, grace_s
+        self.repo, self.private = str(repo), [str(path) for path in private]
         resources = ray.cluster_resources()
         if resources.get("GPU", 0) >= 1:
             self.task_options = {"num_gpus": 1, "num_cpus": 1}
@@ -81,7 +86,8 @@ class RayExecutor:
     def submit(self, job: Job, ticket: Ticket) -> None:
         ticket.started = time.monotonic()
         ticket.worker = "ray (queued)"
-        ref = self.remote.options(**self.task_options).remote(job, self.backend, self.limits, self.grace_s)
+        ref = self.remote.options(**self.task_options).remote(job, self.backend, self.limits, self.grace_s,
+                                                              self.repo, self.private)
         with self.lock:
             self.pending[ref] = ticket
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 
 SECRET_PREFIXES = ("ANTHROPIC_", "OPENAI_", "AWS_", "AZURE_", "GOOGLE_", "GEMINI_", "MISTRAL_", "GROQ_")
 SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GITHUB_TOKEN", "GH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
@@ -42,7 +43,10 @@ def redact(text: str, environ: dict[str, str] | None = None) -> str:
     """text with every known secret value and every key-shaped string replaced by [redacted]."""
     if not text:
         return text
-    text = text[:MAX_REDACTED_CHARS]
+    # Full-width and other compatibility forms folded, invisible format characters dropped, so a key cannot
+    # slip through as "ｓｋ-ant-..." or with zero-width characters inside it.
+    text = "".join(char for char in unicodedata.normalize("NFKC", text[:MAX_REDACTED_CHARS])
+                   if unicodedata.category(char) != "Cf")
     for value in secret_values(environ):
         text = text.replace(value, REDACTED)
     return _private_keys(KEY_SHAPES.sub(REDACTED, text))

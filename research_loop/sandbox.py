@@ -121,6 +121,19 @@ def hub_models() -> tuple[Path | None, list[str]]:
     return hub, sorted(str(path) for path in hub.glob("models--*") if path.is_dir() and not path.is_symlink())
 
 
+def hugging_face_private() -> list[Path]:
+    """The Hugging Face folders hidden wherever they are (a home is hidden anyway, /opt or /srv are not):
+    HF_HOME (its token, datasets--* with the unsplit gold), the hub cache and the token file. The model
+    folders are shown again on top (hub_models)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return []
+    paths = [constants.HF_HOME, constants.HF_HUB_CACHE, getattr(constants, "HF_TOKEN_PATH", None),
+             getattr(constants, "HF_STORED_TOKENS_PATH", None), os.environ.get("HF_DATASETS_CACHE")]
+    return [Path(path) for path in paths if path]
+
+
 def python_paths() -> list[str]:
     """What the interpreter needs, and only that: its binary (as started, so a venv stays a venv), the lib
     folders of its prefixes (stdlib, site-packages, libpython) and the user site. Not the script's folder,
@@ -200,7 +213,7 @@ def sandbox_env(base: dict[str, str], hub: Path | None) -> dict[str, str]:
 
 
 def make_spec(workspace: Path, out_dir: Path, command: list[str], base_env: dict[str, str], repo: Path | None,
-              private: list[Path], limits: Limits = Limits()) -> SandboxSpec:
+              private: list[Path], limits: Limits = DEFAULT_LIMITS) -> SandboxSpec:
     hub, models = hub_models()
     libraries = [os.path.realpath(path) for path in base_env.get("LD_LIBRARY_PATH", "").split(":")
                  if path and os.path.isdir(path)]
@@ -208,7 +221,8 @@ def make_spec(workspace: Path, out_dir: Path, command: list[str], base_env: dict
     secret = strict + [os.path.realpath(os.path.expanduser("~"))] + ([str(hub.parent)] if hub is not None else [])
     shown = shown_paths(python_paths() + libraries, secret, strict) + models + [str(workspace)]
     return SandboxSpec(workspace=workspace, out_dir=out_dir, command=command, env=sandbox_env(base_env, hub),
-                       masks=hidden_paths(repo, private), ro_binds=shown, devices=gpu_devices(), limits=limits)
+                       masks=hidden_paths(repo, [*private, *hugging_face_private()]), ro_binds=shown,
+                       devices=gpu_devices(), limits=limits)
 
 
 # ----- Backends: each turns a spec into the argv that starts it -----

@@ -61,9 +61,26 @@ def prctl(option: int, arg: int = 0) -> None:
 # ----- limits (every backend) -----
 
 
+# keyctl(2)'s system call number per architecture (asm-generic for the newer ones).
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "loongarch64": 219, "i386": 288, "i686": 288,
+              "armv7l": 311, "ppc64le": 311, "s390x": 280}
+KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def leave_session_keyring() -> None:
+    """A new, empty session keyring: the keys the loop's session holds (a Kerberos ticket, a credential
+    helper's secrets) are no longer possessed, so nothing started from here can read them. Namespaces do not
+    do this, and neither does bwrap's --new-session. Where keyctl is not allowed at all (a container's
+    seccomp profile), nobody here can read a key anyway."""
+    number = SYS_KEYCTL.get(os.uname().machine)
+    if number is not None:
+        libc.syscall(ctypes.c_long(number), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING), None)
+
+
 def set_limits(spec: dict) -> None:
     import resource
 
+    leave_session_keyring()
     for procs in spec.get("cgroup_procs") or []:
         with open(procs, "w") as file:  # the job's control group: pids.max, memory.max
             file.write(f"{os.getpid()}\n")

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from .acceptance import AcceptancePolicy, Standing, TrialKey, Verdict
 from .hygiene import plain_text
-from .jobs import JobResult, parse_printed
+from .jobs import EXPECTED_OUTPUTS, JobResult, parse_printed
 from .safe_io import read_text, write_atomically
 from .scoring import Scorer, TrialScore
 
 TRIAL_FILE = "trial.json"
+MAX_EPOCHS, MAX_VRAM_MB = 1e6, 1e8  # what a printed block may claim; anything else is left blank
+MAX_EXTRA_BYTES = 8 << 20  # out/ files beside the predictions and summary.json kept per trial
 LOOP_FILES = ("run.log", TRIAL_FILE, "timing.json", "attempts", "train.pid", "proposal_train.py", "tampered",
               "consensus", "submission.csv")
 LOOP_NAMES = re.compile(r"^(seed|fold)-\d+|^tampered")  # the loop's own folders inside a run folder
@@ -76,22 +78,30 @@ class TrialOutcome:
             return None
 
 
-def _number(text: str | None) -> float | None:
-    """A finite number from the printed block, else None (train.py's `nan` or `inf` never reach a row)."""
+def _number(text: str | None, most: float) -> float | None:
+    """A number in [0, most] from the printed block, else None (train.py's `nan`, `inf`, `-3` or `1e308`
+    never reach a row)."""
     try:
         value = float(str(text)[:40])
     except (TypeError, ValueError):
         return None
-    return value if math.isfinite(value) else None
+    return value if math.isfinite(value) and 0 <= value <= most else None
 
 
 def save_outputs(result: JobResult, folder: Path) -> list[str]:
-    """Write what train.py left in out/ into the trial's folder (the loop's own file names excepted)."""
-    notes = list(result.skipped)
+    """Write what train.py left in out/ into the trial's folder: the prediction files and summary.json, and
+    other files only up to MAX_EXTRA_BYTES per trial (a night of trials must not fill the disk); the loop's
+    own file names never."""
+    notes, extra = list(result.skipped), 0
     for name, data in result.outputs.items():
         if name in LOOP_FILES or LOOP_NAMES.match(name):
             notes.append(f"{name} (a name the loop uses)")
             continue
+        if name not in EXPECTED_OUTPUTS:
+            extra += len(data)
+            if extra > MAX_EXTRA_BYTES:
+                notes.append(f"{name} (other files past {MAX_EXTRA_BYTES >> 20} MiB are not kept)")
+                continue
         write_atomically(folder / name, data)
     return notes
 
@@ -102,8 +112,8 @@ def outcome_of(result: JobResult, index: int, key: TrialKey, commit: str, folder
     seed, fold = key
     printed = parse_printed(result.log_tail)
     outcome = TrialOutcome(index, seed, fold, commit, result.kind, result.seconds, worker=result.worker[:80],
-                           device=plain_text(printed.get("device", ""), 40), epochs=_number(printed.get("epochs")),
-                           peak_vram_mb=_number(printed.get("peak_vram_mb")), predicted_test=predicted_test)
+                           device=plain_text(printed.get("device", ""), 40), epochs=_number(printed.get("epochs"), MAX_EPOCHS),
+                           peak_vram_mb=_number(printed.get("peak_vram_mb"), MAX_VRAM_MB), predicted_test=predicted_test)
     folder.mkdir(parents=True, exist_ok=True)
     skipped = save_outputs(result, folder) if result.kind == "ok" else []
     if result.kind != "ok":

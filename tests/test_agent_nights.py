@@ -124,16 +124,20 @@ def test_no_malformed_proposal_ends_the_night(repo):
             if step == 2:
                 self.contexts.append(context)
                 return Proposal(train_py=base + "# bell\n", hypothesis="fine", direction="a\x07bell")
-            if step == 3:
+            if step == 3:  # "Trojan Source": code that reads differently from how it runs
+                self.contexts.append(context)
+                return Proposal(train_py=base + 'EPOCHS = 1  # \u202e } \u2066 if admin:\n', hypothesis="h", direction="e")
+            if step == 4:
                 self.contexts.append(context)
                 raise ValueError("a bug inside the agent")
             return super().propose(context)
 
-    summary = night(repo, Messy([("QUALITY", 0.9)]), runs=5)
+    summary = night(repo, Messy([("QUALITY", 0.9)]), runs=6)
     rows = results(repo)
-    assert [row["status"] for row in rows] == ["baseline", "invalid", "invalid", "invalid", "keep"], summary
+    assert [row["status"] for row in rows] == ["baseline", "invalid", "invalid", "invalid", "invalid", "keep"], summary
     assert "lone surrogate" in rows[1]["note"] and "control character" in rows[2]["note"]
     assert "control character" in rows[3]["note"] and "\x00" not in (repo / "results.tsv").read_text()
+    assert "control character '\\u202e'" in rows[4]["note"] and "\u202e" not in (repo / "results.tsv").read_text()
     assert summary.ok
 
 

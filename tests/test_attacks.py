@@ -342,3 +342,59 @@ def test_what_train_py_leaves_behind_cannot_hurt_the_loop(backend, tmp_path, pre
         assert not list(Workspace(repo, "t").jobs_root.glob("*")) if Workspace(repo, "t").jobs_root.exists() else True
     finally:
         victim.kill()
+
+
+# ----- What train.py prints or writes, on its way to the agent, the row and the disk -----
+
+
+def test_what_train_py_prints_reaches_the_agent_as_plain_text_without_keys(tmp_path):
+    """Terminal escapes in the log come to view_file as visible \\uXXXX escapes, bidi overrides and zero-width
+    characters not at all; a key written in full-width letters or with zero-width characters inside is
+    still cut."""
+    from research_loop.agents.tools import ToolSession
+
+    key = "sk-ant-api03-" + "A1b2C3d4E5f6G7h8I9j0"
+    disguised = "".join(chr(ord(c) + 0xFEE0) if c.isalnum() else c for c in key[:6]) + key[6:]  # full width
+    split = key[:10] + "\u200b" + key[10:]
+    log = tmp_path / "run.log"
+    log.write_text(f"\x1b[31mred\x1b[0m \u202eevil\u202c {disguised} {split}\n", encoding="utf-8")
+    tools = ToolSession(tmp_path, "EPOCHS = 1\n", last_log_path=log)
+    seen = tools.call("view_file", {"path": "run.log"}).content
+    assert "\x1b" not in seen and "\u202e" not in seen and "\u200b" not in seen
+    assert "\\u001b[31mred" in seen and " evil " in seen  # format characters are dropped on the way
+    assert "A1b2C3d4E5f6G7h8I9j0" not in seen and seen.count("[redacted]") == 2
+
+
+def test_printed_numbers_and_extra_outputs_are_bounded(tmp_path):
+    """A forged `epochs: 1e308` never reaches a row, and out/ files beside the predictions are kept only up
+    to a small budget per trial (a night of 60 MB files would fill the disk)."""
+    from research_loop.jobs import JobResult
+    from research_loop.trial import MAX_EXTRA_BYTES, _number, save_outputs
+
+    assert _number("1e308", 1e6) is None and _number("-3", 1e6) is None and _number("2.50", 1e6) == 2.5
+    big = b"x" * (MAX_EXTRA_BYTES // 2 + 1)
+    result = JobResult("ok", 0, 1.0, "", outputs={"pred_val.jsonl": big * 3, "a.bin": big, "b.bin": big})
+    notes = save_outputs(result, tmp_path)
+    assert (tmp_path / "pred_val.jsonl").stat().st_size == len(big) * 3  # the predictions always
+    assert (tmp_path / "a.bin").is_file() and not (tmp_path / "b.bin").exists()
+    assert any(note.startswith("b.bin") for note in notes)
+
+
+def test_a_full_disk_stops_the_log_file_never_the_pipe():
+    """When the log can no longer be written, the pipe is still drained (train.py must not block on it) and
+    the tail the row's note comes from is still there."""
+    from research_loop.jobs import LogSink
+
+    class FullDisk:
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            pass
+
+    sink = LogSink(FullDisk())
+    for _ in range(100):
+        sink.write(b"x" * 65536)
+    sink.write(b"\nTraceback: the last line\n")
+    sink.close()
+    assert sink.tail_text().splitlines()[-1] == "Traceback: the last line"

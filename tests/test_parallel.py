@@ -4,10 +4,12 @@ run logged once; and a kill -9 with runs in flight loses nothing and runs the in
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from loop_helpers import PROJECT, ScriptedAgent, branch_runs, git, loop_config, make_repo, results
@@ -82,3 +84,39 @@ def test_kill_9_with_runs_in_flight_loses_nothing_and_reruns_them(repo):
     rows = consistent(repo)
     assert [row["run"] for row in rows[: len(before)]] == [row["run"] for row in before]  # nothing lost
     assert "interrupted: running it again" in code.stdout or len(rows) > len(before)
+
+
+def test_a_ray_worker_hides_the_repository_and_the_loops_folders_wherever_they_are(tmp_path):
+    """A Ray worker on this machine sees the same file system as the loop: the repository (its data/ holds
+    val's gold) and the loop's private folders are hidden there too, also outside the home and /tmp."""
+    from research_loop import sandbox
+    from research_loop.executors import Ticket
+    from research_loop.jobs import Job
+    from research_loop.ray_executor import RayExecutor
+
+    if not os.access("/opt", os.W_OK):
+        pytest.skip("needs a writable /opt (CI runs as root)")
+    backend, _ = sandbox.choose("auto", allow_none=False)
+    root = Path("/opt") / f"ner-autoresearch-test-{os.getpid()}"
+    repo, private = root / "repo", root / "cache"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "val.jsonl").write_text('{"tags": ["B-Gold"]}\n')
+    private.mkdir()
+    (private / "holdout.jsonl").write_text('{"tags": ["B-Gold"]}\n')
+    code = (f"import os\nfor path in ({str(repo / 'data' / 'val.jsonl')!r}, {str(private / 'holdout.jsonl')!r}):\n"
+            "    print(path, os.path.exists(path))\n")
+    executor = RayExecutor(1, backend, tmp_path / "jobs", repo, [private])
+    try:
+        ticket = Ticket(0, 0, tmp_path / "run.log", tmp_path / "0.pid")
+        executor.submit(Job(code, {}, {}, 42), ticket)
+        deadline, done = time.monotonic() + 120, []
+        while not done and time.monotonic() < deadline:
+            done = executor.poll(1.0)
+    finally:
+        executor.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+    assert done, "the job never came back"
+    result = done[0][1]
+    assert result.kind == "ok", result.log_tail
+    assert f"{repo / 'data' / 'val.jsonl'} False" in result.log_tail
+    assert f"{private / 'holdout.jsonl'} False" in result.log_tail

@@ -245,12 +245,21 @@ def test_the_sandbox_as_an_unprivileged_user(backend_name, tmp_path):
     assert SECRET not in answer["tail"] and "True" not in answer["tail"].split()[-1:]
 
 
-def test_the_hub_cache_shows_models_only(backend, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["home", "system folder"])
+def test_the_hub_cache_shows_models_only(backend, where, tmp_path, monkeypatch):
     """Model folders are readable (train.py loads weights offline); the token and cached datasets (an
-    --hf night's unsplit gold) are not."""
+    --hf night's unsplit gold) are not, also where HF_HOME sits in a folder the sandbox shows (/opt)."""
     from huggingface_hub import constants
 
-    home = tmp_path / "hf"
+    if where == "home":
+        home = tmp_path / "hf"
+    else:
+        if not os.access("/opt", os.W_OK):
+            pytest.skip("needs a writable /opt (CI runs as root)")
+        home = Path("/opt") / f"ner-autoresearch-test-hf-{os.getpid()}"
+        shutil.rmtree(home, ignore_errors=True)
+        monkeypatch.setattr(constants, "HF_HOME", str(home))
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
     hub = home / "hub"
     (hub / "models--acme--tagger" / "snapshots" / "abc").mkdir(parents=True)
     (hub / "models--acme--tagger" / "snapshots" / "abc" / "config.json").write_text("{}")
@@ -263,5 +272,51 @@ def test_the_hub_cache_shows_models_only(backend, tmp_path, monkeypatch):
         print(sorted(os.listdir({str(hub)!r})), os.path.exists({str(home / 'token')!r}),
               open({str(hub / 'models--acme--tagger' / 'snapshots' / 'abc' / 'config.json')!r}).read())
         """, tmp_path)
+    if where != "home":
+        shutil.rmtree(home, ignore_errors=True)
     assert result.kind == "ok", result.log_tail
     assert result.log_tail.splitlines()[-1] == "['models--acme--tagger'] False {}"
+
+KEYCTL = {"x86_64": (248, 250), "aarch64": (217, 219)}  # add_key, keyctl system call numbers
+JOB_READS_KEY = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+found = libc.syscall(ctypes.c_long(KEYCTL), ctypes.c_long(10), ctypes.c_long(-3), b"user", b"ner-test-key",
+                     ctypes.c_long(0))  # KEYCTL_SEARCH the session keyring
+buffer = ctypes.create_string_buffer(256)
+size = libc.syscall(ctypes.c_long(KEYCTL), ctypes.c_long(11), ctypes.c_long(found), buffer, ctypes.c_long(256))
+print("job read:", buffer.raw[:max(size, 0)].decode(), "found", found)
+"""
+
+
+@pytest.mark.skipif(os.uname().machine not in KEYCTL, reason="keyctl numbers known for x86_64 and aarch64 here")
+def test_the_loops_session_keyring_is_out_of_reach(backend, tmp_path):
+    """A key in the session keyring of the process that runs the job (a credential helper's secret, a
+    Kerberos ticket) is readable by the loop and not by train.py."""
+    add_key, keyctl = KEYCTL[os.uname().machine]
+    script = tmp_path / "keyring.py"
+    script.write_text(textwrap.dedent(f"""
+        import ctypes, json, sys
+        from pathlib import Path
+        sys.path.insert(0, {str(Path.cwd())!r})
+        from research_loop.jobs import Job, run_job
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        libc.syscall(ctypes.c_long({keyctl}), ctypes.c_long(1), None)  # this test's own session keyring
+        secret = {SECRET!r}.encode()
+        key = libc.syscall(ctypes.c_long({add_key}), b"user", b"ner-test-key", secret, ctypes.c_size_t(len(secret)),
+                           ctypes.c_long(-3))
+        buffer = ctypes.create_string_buffer(256)
+        size = libc.syscall(ctypes.c_long({keyctl}), ctypes.c_long(11), ctypes.c_long(key), buffer, ctypes.c_long(256))
+        mine = buffer.raw[:max(size, 0)].decode()
+        code = {JOB_READS_KEY.replace("KEYCTL", str(keyctl))!r}
+        result = run_job(Job(code, {{}}, {{}}, 42), {backend!r}, jobs_root=Path({str(tmp_path)!r}) / "jobs")
+        print(json.dumps({{"mine": mine, "kind": result.kind, "tail": result.log_tail}}))
+        """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["mine"] == SECRET  # the key is there, and readable where the loop runs
+    assert answer["kind"] == "ok" and "job read:" in answer["tail"], answer["tail"]
+    assert SECRET not in answer["tail"]

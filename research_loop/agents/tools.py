@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from ..hygiene import code_problem, collapse_whitespace, line_problem
+from ..hygiene import code_problem, collapse_whitespace, line_problem, printable
 from ..redact import redact
 from ..safe_io import UnsafeFile, read_text
 
@@ -133,9 +133,9 @@ class ToolSession:
         if key == "train.py":
             return self.train_py  # the model's own working copy, edits included
         if key in READABLE_FILES:
-            return redact(clip_head(read_regular_file(self.repo / key, must_be_in=self.repo), key))
+            return printable(redact(clip_head(read_regular_file(self.repo / key, must_be_in=self.repo), key)))
         if self.last_log_path is not None and key in self._log_names():
-            return redact(clip_tail(read_regular_file(self.last_log_path, single_link=True), key))
+            return printable(redact(clip_tail(read_regular_file(self.last_log_path, single_link=True), key)))
         allowed = ", ".join((*READABLE_FILES, LOG_ALIAS) if self.last_log_path else READABLE_FILES)
         raise ToolError(f"{path!r} is not readable; readable files: {allowed}")
 
