@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from research_loop import config_block, sandbox
 from research_loop.dataviews import DataViews, write_gold
 from research_loop.jobs import Job, run_job
+from research_loop.night import private_folders
 from research_loop.scoring import Scorer, import_file
 from research_loop.workspace import cache_root
 
@@ -65,7 +66,8 @@ def run_trials(recipes: dict[str, str], mode: str, trials: int, limit: int | Non
             with (folder / "run.log").open("wb") as log:
                 result = run_job(Job(text, fixed, view.files, trial_seed, fold,
                                      extra_args=("--limit", str(limit)) if limit else ()),
-                                 backend, jobs_root=cache_root() / "jobs" / "bench", repo=ROOT, log=log)
+                                 backend, jobs_root=cache_root() / "jobs" / "bench", repo=ROOT, log=log,
+                                 private=private_folders(ROOT, views.manifest))
             if result.kind != "ok":
                 raise SystemExit(f"{mode} {name} trial {index}: {result.kind}: {result.error_line()}")
             (folder / "pred_val.jsonl").write_bytes(result.outputs["pred_val.jsonl"])

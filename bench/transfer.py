@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from research_loop import config_block, sandbox
 from research_loop.dataviews import DataViews
 from research_loop.jobs import Job, run_job
+from research_loop.night import private_folders
 from research_loop.scoring import Scorer, import_file
 from research_loop.workspace import cache_root
 
@@ -74,7 +75,8 @@ def main(argv=None) -> int:
             with (folder / "run.log").open("wb") as log:
                 result = run_job(Job(text, fixed, view.files, seed,
                                      extra_args=("--limit", str(args.limit)) if args.limit else ()),
-                                 backend, jobs_root=cache_root() / "jobs" / "bench", repo=ROOT, log=log)
+                                 backend, jobs_root=cache_root() / "jobs" / "bench", repo=ROOT, log=log,
+                                 private=private_folders(ROOT, views.manifest))
             if result.kind != "ok":
                 raise SystemExit(f"{name} seed {seed}: {result.kind}: {result.error_line()}")
             for output in ("pred_val.jsonl", "pred_holdout.jsonl"):

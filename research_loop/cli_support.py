@@ -87,8 +87,11 @@ def night_shape(options: RunOptions, night: dict) -> dict:
                               "resumed night keeps its settings (start another with --new)")
         shape[name] = stored if night else (given if given is not None else default)
     if night and options.settings:
-        raise OptionError(f"--set applies to a new night; night {night.get('tag')} keeps the config it started "
-                          "with (its runs' train.py is the truth; start another with --new)")
+        given = [config_block.parse_assignment(text) for text in options.settings]
+        # The same command as the night's first one resumes it; other values would make its runs incomparable.
+        if {name: config_block.literal(value) for name, value in given} != night.get("settings", {}):
+            raise OptionError(f"--set applies to a new night; night {night.get('tag')} keeps the config it "
+                              "started with (its runs' train.py is the truth; start another with --new)")
     return shape
 
 

@@ -88,7 +88,7 @@ def test_ctrl_c_twice_during_training_kills_the_run_and_logs_nothing_half_done(r
     child = spawn(repo, "--agent", "builtin", "--max-runs", "1", "--set", "SLEEP_S=0.0")
     output = finish(child)
     assert "--set applies to a new night" in output  # a resumed night keeps its settings
-    child = spawn(repo, "--agent", "builtin", "--max-runs", "1")
+    child = spawn(repo, "--agent", "builtin", "--max-runs", "1", "--set", "SLEEP_S=1.5")  # the night's own --set
     output = finish(child)
     assert "resuming night t" in output and child.exitstatus == 0
     assert [row["run"] for row in results(repo)] == ["0", "1"]
