@@ -9,7 +9,8 @@ seed/fold and the sd of those differences: the noise each acceptance rule faces.
     python bench/paired_noise.py --trials 5 --set MODEL_NAME=minilm --set EPOCHS=3 --set LEARNING_RATE=1e-4
     python bench/paired_noise.py --trials 2 --limit 64 --set MODEL_NAME=minilm --set EPOCHS=1   # a quick look
 
-Writes runs/bench_paired_noise/results.json (every trial's scores) and prints a Markdown table.
+Writes runs/bench_paired_noise/results.json (every trial's scores, after each trial) and prints a Markdown
+table. Run again with the same arguments to resume: trials whose predictions exist are scored, not re-run.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def changes(base: str) -> dict[str, str]:
 
 
 def run_trials(recipes: dict[str, str], mode: str, trials: int, limit: int | None, out: Path, backend: str,
-               scorer: Scorer) -> dict[str, list[float]]:
+               scorer: Scorer, save) -> dict[str, list[float]]:
+    """Runs every recipe on every seed (val) or fold (cv); a trial whose prediction is already in `out` is
+    scored again, not re-run, so a killed measurement resumes where it stopped."""
     views = DataViews(ROOT / "data", mode, folds=trials)
     fixed = {name: (ROOT / name).read_bytes() for name in ("prepare.py", "evaluate.py")}
     scores: dict[str, list[float]] = {}
@@ -62,6 +65,9 @@ def run_trials(recipes: dict[str, str], mode: str, trials: int, limit: int | Non
             folder = out / mode / name.replace(" ", "_").replace(">", "").replace(",", "") / f"trial-{index}"
             folder.mkdir(parents=True, exist_ok=True)
             started = time.monotonic()
+            if (folder / "pred_val.jsonl").exists():
+                scores.setdefault(name, []).append(scorer.score_file(folder / "pred_val.jsonl", gold).strict)
+                continue
             trial_seed = seed + (1 if mode == "cv" else 100) if name == ANOTHER_SEED else seed
             with (folder / "run.log").open("wb") as log:
                 result = run_job(Job(text, fixed, view.files, trial_seed, fold,
@@ -76,6 +82,7 @@ def run_trials(recipes: dict[str, str], mode: str, trials: int, limit: int | Non
             print(f"{mode} trial {index} ({'fold' if fold is not None else 'seed'} "
                   f"{fold if fold is not None else seed}) {name}: strict F1 {score:.4f} "
                   f"({time.monotonic() - started:.0f} s)", flush=True)
+            save(mode, scores)
     return scores
 
 
@@ -109,11 +116,17 @@ def main(argv=None) -> int:
     backend, _ = sandbox.choose(args.sandbox, allow_none=args.sandbox == "none")
     evaluate = import_file(ROOT / "evaluate.py", "evaluate")
     scorer = Scorer(evaluate, json.loads((ROOT / "data" / "manifest.json").read_text())["entity_types"])
-    results = {mode: run_trials(changes(base), mode, args.trials, args.limit, args.out, backend, scorer)
-               for mode in args.modes}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"settings": args.settings, "limit": args.limit,
-                                                       "results": results}, indent=1) + "\n")
+    results: dict[str, dict[str, list[float]]] = {}
+
+    def save(mode: str, scores: dict[str, list[float]]) -> None:
+        """Writes every score so far, so an interrupted measurement still leaves its numbers."""
+        results[mode] = scores
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps({"settings": args.settings, "limit": args.limit,
+                                                           "results": results}, indent=1) + "\n")
+
+    for mode in args.modes:
+        save(mode, run_trials(changes(base), mode, args.trials, args.limit, args.out, backend, scorer, save))
     print("\n".join(table(results)))
     return 0
 
