@@ -27,6 +27,7 @@ from pathlib import Path
 from statistics import mean, stdev
 
 import numpy as np
+from markdown_table import table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from research_loop.acceptance import Confirm, Standing, night_noise
@@ -184,14 +185,12 @@ def main(argv=None) -> int:
     rows = [measure(scheme, alpha, args.nights, args.proposals, seed=7) for scheme in schemes for alpha in args.alpha]
     print(f"{args.proposals} proposals per null night, {args.nights} nights; the real change is proposal "
           f"#{POSITION}\n")
-    print("| rule | alpha | false keeps / 100 proposals | runs / proposal | "
-          + " | ".join(f"kept +{gain}" for gain in GAINS) + " | smallest gain kept 80% |")
-    print("|" + "---|" * (5 + len(GAINS)))
-    for row in rows:
-        powers = " | ".join(f"{row['power'][gain]:.2f}" for gain in GAINS)
-        smallest = f"+{row['smallest_gain_80']}" if row["smallest_gain_80"] else f"> +{GAINS[-1]}"
-        print(f"| {row['scheme']} | {row['alpha']} | {row['false_keeps_per_100']:.2f} | {row['runs_per_proposal']:.2f}"
-              f" | {powers} | {smallest} |")
+    headers = ["rule", "alpha", "false keeps / 100 proposals", "runs / proposal",
+               *(f"kept +{gain}" for gain in GAINS), "smallest gain kept 80%"]
+    print(table(headers, [[row["scheme"], str(row["alpha"]), f"{row['false_keeps_per_100']:.2f}",
+                           f"{row['runs_per_proposal']:.2f}", *(f"{row['power'][gain]:.2f}" for gain in GAINS),
+                           f"+{row['smallest_gain_80']}" if row["smallest_gain_80"] else f"> +{GAINS[-1]}"]
+                          for row in rows]))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0

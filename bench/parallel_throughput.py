@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from loop_helpers import FAKE_TRAIN_PY, ScriptedAgent, loop_config, make_repo
+from markdown_table import table
 
 from research_loop.acceptance import Monotonic
 from research_loop.ledger import read_records
@@ -97,14 +98,11 @@ def main(argv=None) -> int:
         ray.shutdown()
     serial = rows[0]["runs_per_hour"]
     print(f"T = {args.train_s:g} s per run, A = {args.agent_s:g} s per proposal, {args.runs} proposals\n")
-    print("| loop | runs/hour | x serial | worker busy share | loop s/run | Ray start-up |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        shares = ", ".join(f"{share:.0%}" for share in row["busy_share"].values())
-        startup = f"{row['ray_startup_s']:.1f} s" if "ray_startup_s" in row else ""
-        loop_s = f"{row['loop_s_per_run']:.2f}" if row["loop_s_per_run"] is not None else ""
-        print(f"| {row['label']} | {row['runs_per_hour']:.0f} | {row['runs_per_hour'] / serial:.2f} | {shares} | "
-              f"{loop_s} | {startup} |")
+    print(table(["loop", "runs/hour", "x serial", "worker busy share", "loop s/run", "Ray start-up"],
+                [[row["label"], f"{row['runs_per_hour']:.0f}", f"{row['runs_per_hour'] / serial:.2f}",
+                  ", ".join(f"{share:.0%}" for share in row["busy_share"].values()),
+                  f"{row['loop_s_per_run']:.2f}" if row["loop_s_per_run"] is not None else "",
+                  f"{row['ray_startup_s']:.1f} s" if "ray_startup_s" in row else ""] for row in rows]))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0
