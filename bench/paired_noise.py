@@ -6,7 +6,7 @@ seeds of val and on K cross-validation folds. Per mode it reports the unpaired s
 unchanged recipe) and, per change, the mean paired difference against the unchanged recipe on the same
 seed/fold and the sd of those differences: the noise each acceptance rule faces.
 
-    python bench/paired_noise.py --trials 5 --set MODEL_NAME=minilm --set EPOCHS=3 --set LEARNING_RATE=1e-4
+    python bench/paired_noise.py --trials 5 --set MODEL_NAME=minilm --set EPOCHS=2 --set LEARNING_RATE=2e-4 --limit 600
     python bench/paired_noise.py --trials 2 --limit 64 --set MODEL_NAME=minilm --set EPOCHS=1   # a quick look
 
 Writes runs/bench_paired_noise/results.json (every trial's scores, after each trial) and prints a Markdown
