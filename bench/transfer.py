@@ -6,7 +6,7 @@ train.py runs as the loop runs it (sandboxed jobs on the loop's data view); AUX_
 cache, as the loop's report does (no run can see it).
 
     python prepare.py --source DIR --aux ncbi=NCBI_DIR --aux bc5cdr=BC5CDR_DIR
-    python bench/transfer.py --seeds 3 --set MODEL_NAME=minilm --set EPOCHS=3 --set LEARNING_RATE=1e-4
+    python bench/transfer.py --seeds 3 --limit 600 --set MODEL_NAME=minilm --set EPOCHS=2 --set LEARNING_RATE=2e-4
 
 Writes runs/bench_transfer/results.json and prints a Markdown table.
 """
@@ -23,6 +23,8 @@ from statistics import mean, stdev
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from markdown_table import table
 
 from research_loop import config_block, sandbox
 from research_loop.dataviews import DataViews
@@ -89,12 +91,12 @@ def main(argv=None) -> int:
             entry["seconds"].append(result.seconds)
             print(f"{name} seed {seed}: val {val:.4f}, holdout {held:.4f} ({time.monotonic() - started:.0f} s)",
                   flush=True)
-    (args.out / "results.json").write_text(json.dumps({"settings": args.settings, "aux_epochs": args.aux_epochs,
-                                                       "mode": args.mode, "results": results}, indent=1) + "\n")
-    print("| recipe | val strict F1 | holdout strict F1 | seconds per run | seeds |\n|---|---|---|---|---|")
-    for name, entry in results.items():
-        print(f"| {name} | {summarise(entry['val'])} | {summarise(entry['holdout'])} | "
-              f"{mean(entry['seconds']):.0f} | {len(entry['val'])} |")
+    (args.out / "results.json").write_text(json.dumps({"settings": args.settings, "limit": args.limit,
+                                                       "aux_epochs": args.aux_epochs, "mode": args.mode,
+                                                       "results": results}, indent=1) + "\n")
+    print(table(["recipe", "val strict F1", "holdout strict F1", "seconds per run", "seeds"],
+                [[name, summarise(entry["val"]), summarise(entry["holdout"]), f"{mean(entry['seconds']):.0f}",
+                  str(len(entry["val"]))] for name, entry in results.items()]))
     return 0
 
 
