@@ -290,7 +290,14 @@ def write_night(config: NightConfig, ws: Workspace, backend: str, baseline: str,
             "train_options": list(config.train_options), "run_budget_s": config.run_budget_s,
             "baseline_commit": baseline,
         }
-    night.update({"sandbox": backend, "workers": config.workers, "resumed": now_iso(), **extra})
+    opened = now_iso()
+    # Each session's start, so that the report's wall time leaves out the hours between sessions. A night from
+    # before they were recorded (it has "resumed" but no "sessions") counts from its start to this session.
+    sessions = night.get("sessions")
+    if sessions is None:
+        sessions = [night["started"]] if "resumed" in night and "started" in night else []
+    night.update({"sandbox": backend, "workers": config.workers, "resumed": opened,
+                  "sessions": [*sessions, opened], **extra})
     ws.write_night(night)
     return night
 

@@ -91,7 +91,8 @@ class AgentRow:
 
     agent: str
     nights: int
-    runs: int
+    runs: int  # train.py runs, the baseline included
+    invalid: int  # proposals that never ran (invalid or stale)
     keeps: int
     best_val_gain: float | None
     best_holdout_gain: float | None
@@ -176,10 +177,24 @@ def timestamp(record: RunRecord) -> datetime | None:
         raise ReportError(f"results.tsv: run {record.run}: timestamp: not ISO 8601: {record.timestamp!r}") from None
 
 
-def wall_seconds(records: list[RunRecord]) -> float:
-    """A row is stamped when its run ends, so the night began at the first stamp minus the first run's seconds."""
-    stamped = [(record, timestamp(record)) for record in records if record.timestamp]
-    return (stamped[-1][1] - stamped[0][1]).total_seconds() + stamped[0][0].seconds if stamped else 0.0
+def wall_seconds(records: list[RunRecord], sessions: list[str] = ()) -> float:
+    """The night's working time: from each session's start (night.json) to its last row, summed, so a night
+    resumed the next evening does not count the day between. A night from before sessions were recorded: the
+    first stamp minus the first run's seconds (a row is stamped when its run ends) to the last stamp."""
+    stamped = [(record, stamp) for record in records if (stamp := timestamp(record))]
+    if not stamped:
+        return 0.0
+    try:
+        starts = sorted(datetime.fromisoformat(start) for start in sessions)
+    except (TypeError, ValueError):
+        raise ReportError(f"night.json: sessions: not ISO 8601 timestamps: {sessions!r}") from None
+    if not starts or starts[0] > stamped[0][1]:
+        return (stamped[-1][1] - stamped[0][1]).total_seconds() + stamped[0][0].seconds
+    total = 0.0
+    for start, end in zip(starts, [*starts[1:], None]):
+        inside = [stamp for _, stamp in stamped if stamp >= start and (end is None or stamp < end)]
+        total += (max(inside) - start).total_seconds() if inside else 0.0
+    return total
 
 
 # ----- Sections -----
@@ -207,7 +222,7 @@ def summarise(ws: Workspace, records: list[RunRecord], night: dict, full_trials:
             trial_json = read_json(ws.trial_dir(record.run, index, seed, fold) / "trial.json")
             busy.setdefault(worker, []).append(float(trial_json.get("seconds", record.seconds / len(record.workers))))
     return Summary(
-        counts=counts, wall_seconds=wall_seconds(records), train_seconds=float(ran["seconds"].sum()),
+        counts=counts, wall_seconds=wall_seconds(records, night.get("sessions") or []), train_seconds=float(ran["seconds"].sum()),
         by_device={str(name): float(seconds) for name, seconds in ran.groupby("device")["seconds"].sum().items()},
         capacity=max(int(night.get("workers") or 1), 1),
         workers={name: (len(seconds), sum(seconds)) for name, seconds in sorted(busy.items())},
@@ -306,16 +321,18 @@ def agent_rows(repo: Path, gold: Path | None) -> list[AgentRow]:
         best, baseline = state.best_record(records), state.baseline_record(records)
         strict = trust.compare(best, baseline, holdout_entries(repo, tag, gold), [])[0]
         kept = best is not baseline
-        proposals = [record for record in records if record.status is not Status.BASELINE]
-        rows.append({"agent": night.get("agent") or "?", "runs": len(records),
+        # Runs are train.py runs: a row that never trained (an invalid or stale proposal) cost no compute.
+        ran = [record for record in records if record.status is not Status.INVALID]
+        proposals = [record for record in ran if record.status is not Status.BASELINE]
+        rows.append({"agent": night.get("agent") or "?", "runs": len(ran), "invalid": len(records) - len(ran),
                      "keeps": sum(record.status is Status.KEEP for record in records),
                      "val_gain": strict.val_gain if kept else None, "holdout_gain": strict.holdout_gain if kept else None,
                      "first_keep": next((index + 1 for index, record in enumerate(proposals)
                                          if record.status is Status.KEEP), None),
-                     "hours": wall_seconds(records) / 3600})
+                     "hours": wall_seconds(records, night.get("sessions") or []) / 3600})
     frame = pd.DataFrame(rows).astype({"val_gain": float, "holdout_gain": float, "first_keep": float})
     table = frame.groupby("agent", sort=False).agg(
-        nights=("runs", "size"), runs=("runs", "sum"), keeps=("keeps", "sum"), val_gain=("val_gain", "max"),
+        nights=("runs", "size"), runs=("runs", "sum"), invalid=("invalid", "sum"), keeps=("keeps", "sum"), val_gain=("val_gain", "max"),
         holdout_gain=("holdout_gain", "max"), first_keep=("first_keep", "median"), hours=("hours", "sum"))
     table = table.astype(object).where(table.notna(), None)
     return [AgentRow(str(agent), *row) for agent, row in zip(table.index, table.itertuples(index=False))]

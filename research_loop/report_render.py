@@ -174,9 +174,10 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                         "failures in a row", "closed"], directions),
     ]
     if report.agents:
-        out.append(("Nights by agent", ["agent", "nights", "runs", "keeps", "best val gain", "best holdout gain",
-                                        "runs to first keep", "hours"],
-                    [[row.agent, str(row.nights), str(row.runs), str(row.keeps), format_gain(row.best_val_gain),
+        out.append(("Nights by agent", ["agent", "nights", "runs", "not run", "keeps", "best val gain",
+                                        "best holdout gain", "runs to first keep", "hours"],
+                    [[row.agent, str(row.nights), str(row.runs), str(row.invalid), str(row.keeps),
+                      format_gain(row.best_val_gain),
                       format_gain(row.best_holdout_gain),
                       NA if row.runs_to_first_keep is None else f"{row.runs_to_first_keep:g}", f"{row.hours:.1f}"]
                      for row in report.agents]))

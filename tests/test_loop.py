@@ -251,6 +251,9 @@ def test_resume_continues_numbering_and_keeps_the_best(repo):
     assert [row["run"] for row in rows] == ["0", "1", "2"] and statuses(repo) == ["baseline", "keep", "discard"]
     assert "QUALITY = 0.7" in agent.contexts[0].train_py
     assert "Run 1 (keep" in agent.contexts[0].current_state_md
+    night = json.loads((repo / "runs" / TAG / "night.json").read_text())
+    sessions = night["sessions"]  # the report's wall time leaves out the time between them
+    assert len(sessions) == 2 and sessions[0] < sessions[1] == night["resumed"] and night["started"] <= sessions[0]
 
 
 def test_null_agent_runs_comment_only_proposals_and_ties_are_discarded(repo):

@@ -288,6 +288,22 @@ def test_wall_time_and_training_share_without_a_device_column(fixture_repo, raw)
     assert f"training {trained / wall:.0%} of it (device not recorded)" in text and "GPU" not in text
 
 
+def test_a_night_resumed_the_next_evening_does_not_count_the_day_between(tmp_path):
+    repo = make_repo(tmp_path)
+    first = [record(0, "baseline", [0.50]), record(1, "discard", [0.48]), record(2, "keep", [0.52])]
+    second = [record(3, "discard", [0.49]), record(4, "keep", [0.55])]
+    resumed_at = START + timedelta(hours=20)
+    for index, item in enumerate(second, start=1):
+        item.timestamp = (resumed_at + timedelta(minutes=10 * index)).isoformat()
+    sessions = [(START - timedelta(seconds=100)).isoformat(), resumed_at.isoformat()]
+    write_night(repo, "n1", first + second, night={"agent": "builtin", "sessions": sessions})
+    report = build_report(repo)
+    wall = (20 * 60 + 100) + 20 * 60  # each session's start to its last row
+    assert report.summary.wall_seconds == pytest.approx(wall)
+    assert report.summary.training_share == pytest.approx(500 / wall)
+    assert "0 h 42 min wall" in render_markdown(report)  # not 20 h
+
+
 def test_cost_and_tokens(fixture_repo, raw):
     report = build_report(fixture_repo)
     cost = sum(float(row["cost_usd"]) for row in raw)
@@ -733,12 +749,12 @@ def test_a_night_without_a_holdout_split_says_so(tmp_path):
 def test_nights_by_agent(tmp_path):
     repo = make_repo(tmp_path)
     builtin_one = [record(0, "baseline", [0.50, 0.50, 0.50], tag="a"), record(1, "discard", [0.48], tag="a"),
-                   record(2, "keep", [0.53, 0.53, 0.53], tag="a")]
+                   record(2, "invalid", tag="a"), record(3, "keep", [0.53, 0.53, 0.53], tag="a")]
     optuna = [record(0, "baseline", [0.50, 0.50, 0.50], tag="b"), *(record(run, "discard", [0.49], tag="b")
-                                                                     for run in (1, 2, 3))]
+                                                                     for run in (1, 2, 3)), record(4, "invalid", tag="b")]
     builtin_two = [record(0, "baseline", [0.50, 0.50, 0.50], tag="c"), record(1, "discard", [0.49], tag="c"),
                    record(2, "discard", [0.48], tag="c"), record(3, "keep", [0.52, 0.52, 0.52], tag="c")]
-    write_night(repo, "a", builtin_one, night={"agent": "builtin"}, current=False, holdout_quality={0: 0.6, 2: 0.7})
+    write_night(repo, "a", builtin_one, night={"agent": "builtin"}, current=False, holdout_quality={0: 0.6, 3: 0.7})
     write_night(repo, "b", optuna, night={"agent": "optuna"}, current=False)
     write_night(repo, "c", builtin_two, night={"agent": "builtin"})
     report = build_report(repo)
@@ -746,15 +762,16 @@ def test_nights_by_agent(tmp_path):
     rows = {row.agent: row for row in report.agents}
     assert set(rows) == {"builtin", "optuna"}
     builtin = rows["builtin"]
-    assert (builtin.nights, builtin.runs, builtin.keeps) == (2, 7, 2)
+    # Runs are train.py runs: the proposals that never ran are counted apart, and not towards the first keep.
+    assert (builtin.nights, builtin.runs, builtin.invalid, builtin.keeps) == (2, 7, 1, 2)
     assert builtin.best_val_gain == pytest.approx(0.03) and builtin.runs_to_first_keep == 2.5  # median of 2 and 3
     entries = holdout.read_scores(holdout.scores_path(prepare.holdout_gold_path(repo / "data"), repo, "a"))
     assert builtin.best_holdout_gain == pytest.approx(entries[1]["strict_f1"] - entries[0]["strict_f1"])
     assert (rows["optuna"].nights, rows["optuna"].keeps, rows["optuna"].best_val_gain,
             rows["optuna"].runs_to_first_keep) == (1, 0, None, None)
     text = render_markdown(report)
-    assert "## Nights by agent" in text and "| optuna | 1 | 4 | 0 | n/a | n/a | n/a |" in text
-    assert "| builtin | 2 | 7 | 2 | +0.0300 |" in text
+    assert "## Nights by agent" in text and "| optuna | 1 | 4 | 1 | 0 | n/a | n/a | n/a |" in text
+    assert "| builtin | 2 | 7 | 1 | 2 | +0.0300 |" in text
     assert build_report(repo, "b").tag == "b"  # an archived night still reports
     single = make_repo(tmp_path / "single")
     write_night(single, "a", builtin_one, night={"agent": "builtin"})
