@@ -111,6 +111,9 @@ def reconcile(session: Session, recorder: Recorder, baseline_commit: str) -> lis
             record.commit = commit
             recorder.log(record, agent_key=candidate.key)
             continue
-        session.progress.note(f"run {run} was interrupted: running it again")
+        if attempts(session, run):
+            session.progress.note(f"run {run} was interrupted: running it again")
+        else:  # committed but never started: queued when a planned stop (--max-runs, STOP) ended the session
+            session.progress.note(f"run {run} was queued when the last session stopped: running it now")
         queue.append(preload(session, Trial(candidate, session.keys)))
     return queue

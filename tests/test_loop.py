@@ -323,6 +323,21 @@ def test_kill_between_row_and_keep_then_restart(repo):
     assert [row["status"] for row in rows] == ["baseline", "keep", "keep", "keep"]
 
 
+def test_a_run_queued_at_a_planned_stop_runs_next_session_and_is_not_called_interrupted(repo):
+    # Lookahead 1: run 2 is proposed on the baseline while run 1 trains; run 1's keep makes it stale, it is
+    # rebased as run 3, and --max-runs (3 rows) ends the session before run 3 starts.
+    code, output = drive(repo, [["QUALITY", 0.7], ["QUALITY", 0.8]], 3, overrides={"lookahead": 1})
+    assert code == 0, output
+    assert statuses(repo) == ["baseline", "keep", "invalid"] and "rebased onto run 1 as run 3" in output
+    code, output = drive(repo, [], 1)
+    assert code == 0, output
+    assert "run 3 was queued when the last session stopped: running it now" in output
+    assert "interrupted" not in output
+    rows = check_consistent(repo)
+    assert [row["status"] for row in rows] == ["baseline", "keep", "invalid", "keep"]
+    assert "QUALITY = 0.8" in rows[3]["description"]
+
+
 def test_run_interrupted_twice_is_logged_as_a_crash(repo):
     code, _ = drive(repo, [["QUALITY", 0.7], ["QUALITY", 0.9]], 5, crash_at="after_attempt@2")
     assert code == 137 and statuses(repo) == ["baseline", "keep"]
