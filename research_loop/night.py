@@ -288,16 +288,13 @@ def write_night(config: NightConfig, ws: Workspace, backend: str, baseline: str,
             "run_budget_min": config.run_budget_s / 60 if config.run_budget_s else None,
             "settings": {name: config_block.literal(value) for name, value in config.settings},
             "train_options": list(config.train_options), "run_budget_s": config.run_budget_s,
-            "baseline_commit": baseline,
+            "baseline_commit": baseline, "sessions": [],
         }
     opened = now_iso()
-    # Each session's start, so that the report's wall time leaves out the hours between sessions. A night from
-    # before they were recorded (it has "resumed" but no "sessions") counts from its start to this session.
-    sessions = night.get("sessions")
-    if sessions is None:
-        sessions = [night["started"]] if "resumed" in night and "started" in night else []
+    # Each session's start, so that the report's wall time leaves out the hours between sessions (a night from
+    # before they were recorded counts from its start to this session).
     night.update({"sandbox": backend, "workers": config.workers, "resumed": opened,
-                  "sessions": [*sessions, opened], **extra})
+                  "sessions": [*night.get("sessions", [night["started"]]), opened], **extra})
     ws.write_night(night)
     return night
 

@@ -104,14 +104,15 @@ def reconcile(session: Session, recorder: Recorder, baseline_commit: str) -> lis
         if run in logged:
             continue
         candidate = candidate_from_commit(repo_git, run, commit)
-        if attempts(session, run) >= 2:
+        tries = attempts(session, run)
+        if tries >= 2:
             session.progress.note(f"run {run} was interrupted twice: logged as a crash")
             candidate.hypothesis = f"interrupted twice ({candidate.hypothesis})"
             record = recorder.blank(run, Status.CRASH, "interrupted twice", candidate=candidate)
             record.commit = commit
             recorder.log(record, agent_key=candidate.key)
             continue
-        if attempts(session, run):
+        if tries:
             session.progress.note(f"run {run} was interrupted: running it again")
         else:  # committed but never started: queued when a planned stop (--max-runs, STOP) ended the session
             session.progress.note(f"run {run} was queued when the last session stopped: running it now")

@@ -7,6 +7,7 @@ into a Report. report_render.py formats it; report_plot.py draws progress.png; t
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -177,24 +178,24 @@ def timestamp(record: RunRecord) -> datetime | None:
         raise ReportError(f"results.tsv: run {record.run}: timestamp: not ISO 8601: {record.timestamp!r}") from None
 
 
-def wall_seconds(records: list[RunRecord], sessions: list[str] = ()) -> float:
-    """The night's working time: from each session's start (night.json) to its last row, summed, so a night
-    resumed the next evening does not count the day between. A night from before sessions were recorded: the
-    first stamp minus the first run's seconds (a row is stamped when its run ends) to the last stamp."""
+def wall_seconds(records: list[RunRecord], night: dict) -> float:
+    """The night's working time: from each session's start (night.json's sessions) to its last row, summed, so
+    a night resumed the next evening does not count the day between. A night from before sessions were
+    recorded: the first stamp minus the first run's seconds (a row is stamped when its run ends) to the last."""
     stamped = [(record, stamp) for record in records if (stamp := timestamp(record))]
     if not stamped:
         return 0.0
     try:
-        starts = sorted(datetime.fromisoformat(start) for start in sessions)
+        starts = sorted(datetime.fromisoformat(start) for start in night.get("sessions") or [])
     except (TypeError, ValueError):
-        raise ReportError(f"night.json: sessions: not ISO 8601 timestamps: {sessions!r}") from None
+        raise ReportError(f"night.json: sessions: not ISO 8601 timestamps: {night['sessions']!r}") from None
     if not starts or starts[0] > stamped[0][1]:
         return (stamped[-1][1] - stamped[0][1]).total_seconds() + stamped[0][0].seconds
-    total = 0.0
-    for start, end in zip(starts, [*starts[1:], None]):
-        inside = [stamp for _, stamp in stamped if stamp >= start and (end is None or stamp < end)]
-        total += (max(inside) - start).total_seconds() if inside else 0.0
-    return total
+    last_row: dict[int, datetime] = {}  # session -> its last stamp
+    for _, stamp in stamped:
+        session = bisect_right(starts, stamp) - 1
+        last_row[session] = max(stamp, last_row.get(session, stamp))
+    return sum((stamp - starts[session]).total_seconds() for session, stamp in last_row.items())
 
 
 # ----- Sections -----
@@ -222,7 +223,7 @@ def summarise(ws: Workspace, records: list[RunRecord], night: dict, full_trials:
             trial_json = read_json(ws.trial_dir(record.run, index, seed, fold) / "trial.json")
             busy.setdefault(worker, []).append(float(trial_json.get("seconds", record.seconds / len(record.workers))))
     return Summary(
-        counts=counts, wall_seconds=wall_seconds(records, night.get("sessions") or []), train_seconds=float(ran["seconds"].sum()),
+        counts=counts, wall_seconds=wall_seconds(records, night), train_seconds=float(ran["seconds"].sum()),
         by_device={str(name): float(seconds) for name, seconds in ran.groupby("device")["seconds"].sum().items()},
         capacity=max(int(night.get("workers") or 1), 1),
         workers={name: (len(seconds), sum(seconds)) for name, seconds in sorted(busy.items())},
@@ -329,11 +330,11 @@ def agent_rows(repo: Path, gold: Path | None) -> list[AgentRow]:
                      "val_gain": strict.val_gain if kept else None, "holdout_gain": strict.holdout_gain if kept else None,
                      "first_keep": next((index + 1 for index, record in enumerate(proposals)
                                          if record.status is Status.KEEP), None),
-                     "hours": wall_seconds(records, night.get("sessions") or []) / 3600})
+                     "hours": wall_seconds(records, night) / 3600})
     frame = pd.DataFrame(rows).astype({"val_gain": float, "holdout_gain": float, "first_keep": float})
     table = frame.groupby("agent", sort=False).agg(
-        nights=("runs", "size"), runs=("runs", "sum"), invalid=("invalid", "sum"), keeps=("keeps", "sum"), val_gain=("val_gain", "max"),
-        holdout_gain=("holdout_gain", "max"), first_keep=("first_keep", "median"), hours=("hours", "sum"))
+        nights=("runs", "size"), runs=("runs", "sum"), invalid=("invalid", "sum"), keeps=("keeps", "sum"),
+        val_gain=("val_gain", "max"), holdout_gain=("holdout_gain", "max"), first_keep=("first_keep", "median"), hours=("hours", "sum"))
     table = table.astype(object).where(table.notna(), None)
     return [AgentRow(str(agent), *row) for agent, row in zip(table.index, table.itertuples(index=False))]
 
