@@ -100,6 +100,12 @@ def run(
                                                                   "sandbox works (not advised with an LLM)")] = False,
     mlflow_uri: Annotated[str | None, typer.Option(help="track runs in MLflow at this URI ('default': "
                                                         "./mlruns); also --mlflow [URI]")] = None,
+    source: Annotated[str | None, typer.Option(help="when data/ is not prepared yet: prepare it from this local "
+                                                    "folder (prepare.py --source) instead of downloading")] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="a new night's base commit or branch (default: "
+                                                             "HEAD, or the night branch's own base)")] = None,
+    agent_patience: Annotated[float, typer.Option(min=0.1, help="minutes an unreachable agent is retried "
+                                                              "before the night stops")] = 30.0,
 ) -> None:
     """Start a night, or resume the unfinished one; Ctrl-C (or `touch STOP`) finishes the runs in flight."""
     options = support.RunOptions(
@@ -108,7 +114,7 @@ def run(
         limit=limit, device=device, eval_mode=eval_mode.value if eval_mode else None, folds=folds,
         policy=policy.value if policy else None, seeds=seeds, min_delta=min_delta, close_after=close_after,
         agent_seed=agent_seed, workers=workers, lookahead=lookahead, ray_address=ray_address, sandbox=sandbox.value,
-        no_sandbox=no_sandbox, mlflow_uri=mlflow_uri)
+        no_sandbox=no_sandbox, mlflow_uri=mlflow_uri, source=source, from_ref=from_, agent_patience_min=agent_patience)
     raise typer.Exit(support.run_night(REPO, options, typer.echo))
 
 

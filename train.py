@@ -6,6 +6,7 @@ the deadline). The rest reads top to bottom: checks, labels and decoding, tokeni
 training, prediction, main. Data helpers come from prepare.py and the scores from evaluate.py (fixed files).
 
 Usage: python train.py [--out DIR] [--seed N] [--data DIR] [--device D] [--limit N] [--fold K] [--deadline T]
+       python train.py --check     the config block against the data, then exit
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ def is_number(value) -> bool:
 
 
 def check_config(bio_labels: list[str], entity_types: list[str], aux_available: list[str]) -> None:
-    """Fail in one line, before any time is spent, on settings that cannot work with this data."""
+    """Fail in one line, before any time is spent, on settings that cannot work with this data; the line
+    names every bad setting at once."""
     config = globals()
+    problems = []
     choices = {
         "SCHEDULE": ("cosine", "linear", "constant"),
         "PRECISION": ("bf16", "fp16", "fp32"),
@@ -106,7 +109,7 @@ def check_config(bio_labels: list[str], entity_types: list[str], aux_available: 
     }
     for name, allowed in choices.items():
         if config[name] not in allowed:
-            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {config[name]!r}")
+            problems.append(f"{name} must be one of {', '.join(allowed)}, not {config[name]!r}")
     whole_numbers = {
         "EPOCHS": 1,
         "BATCH_SIZE": 1,
@@ -118,9 +121,10 @@ def check_config(bio_labels: list[str], entity_types: list[str], aux_available: 
     }
     for name, least in whole_numbers.items():
         if not is_number(config[name]) or config[name] != int(config[name]) or config[name] < least:
-            raise ConfigError(f"{name} must be a whole number of at least {least}, not {config[name]!r}")
-    if not isinstance(WINDOW_OVERLAP, int) or not 0 <= WINDOW_OVERLAP < MAX_LENGTH - 2:
-        raise ConfigError(f"WINDOW_OVERLAP must be in [0, MAX_LENGTH - 2), not {WINDOW_OVERLAP!r}")
+            problems.append(f"{name} must be a whole number of at least {least}, not {config[name]!r}")
+    length_ok = is_number(MAX_LENGTH) and MAX_LENGTH == int(MAX_LENGTH)
+    if not isinstance(WINDOW_OVERLAP, int) or (length_ok and not 0 <= WINDOW_OVERLAP < MAX_LENGTH - 2):
+        problems.append(f"WINDOW_OVERLAP must be in [0, MAX_LENGTH - 2), not {WINDOW_OVERLAP!r}")
     bounds = [
         ("LEARNING_RATE", lambda v: v > 0, "above 0"),
         ("AUX_LR", lambda v: v > 0, "above 0"),
@@ -132,41 +136,46 @@ def check_config(bio_labels: list[str], entity_types: list[str], aux_available: 
     ]
     for name, within, what in bounds:
         if not is_number(config[name]) or not within(config[name]):
-            raise ConfigError(f"{name} must be a number {what}, not {config[name]!r}")
+            problems.append(f"{name} must be a number {what}, not {config[name]!r}")
     flags = ("BOUNDARY_TRIM", "LENGTH_GROUPED", "DYNAMIC_PADDING", "FUSED_ADAMW", "GRADIENT_CHECKPOINTING")
     for name in flags:
         if not isinstance(config[name], bool):
-            raise ConfigError(f"{name} must be True or False, not {config[name]!r}")
+            problems.append(f"{name} must be True or False, not {config[name]!r}")
     if not isinstance(MODEL_NAME, str) or not MODEL_NAME:
-        raise ConfigError(f"MODEL_NAME must be a hub id, a folder or 'minilm', not {MODEL_NAME!r}")
+        problems.append(f"MODEL_NAME must be a hub id, a folder or 'minilm', not {MODEL_NAME!r}")
     if not isinstance(TRIM_LEADING_WORDS, list) or not all(isinstance(w, str) for w in TRIM_LEADING_WORDS):
-        raise ConfigError(f"TRIM_LEADING_WORDS must be a list of strings, not {TRIM_LEADING_WORDS!r}")
+        problems.append(f"TRIM_LEADING_WORDS must be a list of strings, not {TRIM_LEADING_WORDS!r}")
 
-    labels = scheme_labels(bio_labels, LABEL_SCHEME)
+    labels = scheme_labels(bio_labels, LABEL_SCHEME if LABEL_SCHEME in ("BIO", "IO") else "BIO")
     if not isinstance(CLASS_WEIGHTS, dict):
-        raise ConfigError(f"CLASS_WEIGHTS must be a dict of label -> weight, not {CLASS_WEIGHTS!r}")
-    unknown = sorted(set(CLASS_WEIGHTS) - set(labels))
+        problems.append(f"CLASS_WEIGHTS must be a dict of label -> weight, not {CLASS_WEIGHTS!r}")
+    weights = CLASS_WEIGHTS if isinstance(CLASS_WEIGHTS, dict) else {}
+    unknown = sorted(set(weights) - set(labels))
     if unknown:
-        raise ConfigError(f"CLASS_WEIGHTS: unknown labels {unknown}; the model's labels are {labels}")
-    bad = {label: w for label, w in CLASS_WEIGHTS.items() if not is_number(w) or w < 0}
+        problems.append(f"CLASS_WEIGHTS: unknown labels {unknown}; the model's labels are {labels}")
+    bad = {label: w for label, w in weights.items() if not is_number(w) or w < 0}
     if bad:
-        raise ConfigError(f"CLASS_WEIGHTS: weights must be numbers of at least 0, not {bad}")
+        problems.append(f"CLASS_WEIGHTS: weights must be numbers of at least 0, not {bad}")
     if not isinstance(THRESHOLDS, dict):
-        raise ConfigError(f"THRESHOLDS must be a dict of entity type -> probability, not {THRESHOLDS!r}")
-    unknown = sorted(set(THRESHOLDS) - set(entity_types))
+        problems.append(f"THRESHOLDS must be a dict of entity type -> probability, not {THRESHOLDS!r}")
+    thresholds = THRESHOLDS if isinstance(THRESHOLDS, dict) else {}
+    unknown = sorted(set(thresholds) - set(entity_types))
     if unknown:
-        raise ConfigError(f"THRESHOLDS: unknown entity types {unknown}; the data has {entity_types}")
-    bad = {t: p for t, p in THRESHOLDS.items() if not is_number(p) or not 0 <= p <= 1}
+        problems.append(f"THRESHOLDS: unknown entity types {unknown}; the data has {entity_types}")
+    bad = {t: p for t, p in thresholds.items() if not is_number(p) or not 0 <= p <= 1}
     if bad:
-        raise ConfigError(f"THRESHOLDS: probabilities must be numbers in [0, 1], not {bad}")
+        problems.append(f"THRESHOLDS: probabilities must be numbers in [0, 1], not {bad}")
     if not isinstance(AUX_DATASETS, list) or not all(isinstance(name, str) for name in AUX_DATASETS):
-        raise ConfigError(f"AUX_DATASETS must be a list of names, not {AUX_DATASETS!r}")
-    unknown = [name for name in AUX_DATASETS if name not in aux_available]
+        problems.append(f"AUX_DATASETS must be a list of names, not {AUX_DATASETS!r}")
+    names = AUX_DATASETS if isinstance(AUX_DATASETS, list) else []
+    unknown = [name for name in names if name not in aux_available]
     if unknown:
         available = ", ".join(aux_available) or "none; prepare one with `prepare.py --aux NAME=SOURCE`"
-        raise ConfigError(f"AUX_DATASETS: {unknown} not prepared in the data folder (prepared: {available})")
-    if len(set(AUX_DATASETS)) != len(AUX_DATASETS):
-        raise ConfigError(f"AUX_DATASETS names a set twice: {AUX_DATASETS}")
+        problems.append(f"AUX_DATASETS: {unknown} not prepared in the data folder (prepared: {available})")
+    if len(set(map(str, names))) != len(names):
+        problems.append(f"AUX_DATASETS names a set twice: {AUX_DATASETS}")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 # ----- Labels and decoding (pure functions) -----
@@ -744,6 +753,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--deadline", type=float, default=0.0, help="Unix time by which the run must have finished; 0 = none"
     )
+    parser.add_argument(
+        "--check", action="store_true", help="check the config block against the data and exit (no model load)"
+    )
     return parser.parse_args(argv)
 
 
@@ -904,6 +916,10 @@ def print_summary(summary: dict, types: list[str]) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if args.check:
+            check_config(load_labels(args.data), load_entity_types(args.data), aux_names(args.data))
+            print("config: ok")
+            return 0
         summary = run(args)
         print_summary(summary, load_entity_types(args.data))
     except (DataError, ScoreError, ConfigError) as error:

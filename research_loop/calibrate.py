@@ -73,7 +73,7 @@ def run_calibration(repo: Path, tag: str, repeats: int, limit: int | None, timeo
     except WorkspaceError as exc:
         raise CalibrationError(str(exc)) from None
     commit, train_py = committed_train_py(ws)
-    lock = LoopLock(ws.repo, ws.tag)
+    lock = LoopLock(ws.repo, ws.tag, "calibrate")
     try:
         lock.acquire()
     except LockError as exc:

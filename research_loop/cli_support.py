@@ -64,6 +64,9 @@ class RunOptions:
     sandbox: str = "auto"
     no_sandbox: bool = False
     mlflow_uri: str | None = None
+    source: str | None = None  # prepare.py --source DIR, when data/ is not prepared yet
+    from_ref: str | None = None  # a new night's base (default: HEAD, or a night branch's own base)
+    agent_patience_min: float = 30.0
 
 
 # What shapes a night: fixed when it starts, kept when it resumes (option name -> night.json key, default).
@@ -119,7 +122,39 @@ def build_config(repo: Path, options: RunOptions, tag: str, night: dict, echo: E
         eval_mode=shape["eval_mode"], folds=shape["folds"], seeds=tuple(range(42, 42 + shape["seeds"])),
         check_duplicates=options.agent != "null", close_after=0 if options.agent == "null" else options.close_after,
         workers=options.workers, lookahead=options.lookahead, ray_address=options.ray_address,
-        sandbox=options.sandbox, allow_unsandboxed=allow_unsandboxed)
+        sandbox=options.sandbox, allow_unsandboxed=allow_unsandboxed,
+        agent_patience_s=options.agent_patience_min * 60)
+
+
+def night_base(repo: Path, night: dict, from_ref: str | None) -> tuple[str | None, str | None]:
+    """(base commit, the branch checked out now) of a new night. A night never starts from another night's
+    tip: on a night branch, the new night starts from that night's own base; --from REF picks another."""
+    import git
+
+    from .gitops import BRANCH_PREFIX
+
+    try:
+        repo_git = git.Repo(repo)
+        branch = None if repo_git.head.is_detached else repo_git.active_branch.name
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError, TypeError):
+        return None, None
+    if night:
+        return None, night.get("from_branch")
+    if from_ref:
+        try:
+            return repo_git.commit(from_ref).hexsha, branch
+        except (git.BadName, ValueError):
+            raise OptionError(f"--from {from_ref}: not a commit, branch or tag of this repository") from None
+    if branch and branch.startswith(BRANCH_PREFIX):
+        other = workspace.Workspace(repo, branch[len(BRANCH_PREFIX):]).night()
+        base = other.get("base") or other.get("baseline_commit")
+        if base and not other.get("base"):  # a night from before "base" was recorded: its --set commit's parent
+            commit = repo_git.commit(base)
+            if commit.message.startswith("baseline config:") and commit.parents:
+                base = commit.parents[0].hexsha
+        if base:
+            return base, other.get("from_branch") or branch
+    return repo_git.head.commit.hexsha, branch
 
 
 def make_agent(repo: Path, options: RunOptions, tag: str):
@@ -139,22 +174,48 @@ def make_agent(repo: Path, options: RunOptions, tag: str):
                               tuple(types), tuple(aux), repo / "runs" / tag / "optuna.db"), repo)
 
 
+def check_new_settings(repo: Path, config, night: dict) -> None:
+    """A new night's --set values, checked by train.py --check in the sandbox before any branch or commit."""
+    import git
+
+    from .preflight import check_settings
+
+    if night or not config.settings:
+        return
+    commit = git.Repo(repo).commit(config.base or "HEAD")
+    files = {name: commit.tree[name].data_stream.read() for name in ("train.py", "prepare.py", "evaluate.py")}
+    from .night import private_folders
+
+    ws = workspace.Workspace(repo, config.tag)
+    private = private_folders(repo, workspace.read_json(repo / "data" / "manifest.json"))
+    check_settings(repo, files.pop("train.py").decode("utf-8"), files, config.settings, config.sandbox,
+                   config.allow_unsandboxed, ws.jobs_root, private)
+
+
 def run_night(repo: Path, options: RunOptions, echo: Echo) -> int:
+    """Every check before anything is created (another loop, the options, data/, the --set values, the
+    agent), then the night, then where its best train.py is."""
     from .agents.registry import AgentSetupError
     from .loop import LoopError, overhead_text, run_loop
+    from .preflight import PreflightError, check_agent, ensure_data, refuse_if_held
     from .tracking import make_tracker
 
     try:
+        refuse_if_held(repo)
         tag, how = workspace.resolve_tag(repo, options.tag, options.new)
         night = workspace.Workspace(repo, tag).night()
         config = build_config(repo, options, tag, night, echo)
+        config.base, config.from_branch = night_base(repo, night, options.from_ref)
+        ensure_data(repo, options.source, echo)
+        check_new_settings(repo, config, night)
         agent = make_agent(repo, options, tag)
+        check_agent(agent)
         if options.mlflow_uri is not None:
             uri = None if options.mlflow_uri == "default" else options.mlflow_uri
             config.tracker = make_tracker(uri, True, repo, repo / "runs" / tag / "mlflow.json",
                                           lambda line: echo(line, err=True))
-    except (OptionError, AgentSetupError, workspace.WorkspaceError, config_block.ConfigBlockError, ValueError,
-            ImportError) as exc:
+    except (OptionError, AgentSetupError, PreflightError, workspace.WorkspaceError, config_block.ConfigBlockError,
+            ValueError, ImportError) as exc:
         return fail(echo, str(exc))
     echo(how)
     try:
@@ -178,6 +239,10 @@ def run_night(repo: Path, options: RunOptions, echo: Echo) -> int:
     if not summary.finished:
         waiting = f"; {summary.interrupted} proposal(s) waiting will run first" if summary.interrupted else ""
         echo(f"to resume this night: python agent_loop.py (it picks up night {tag}){waiting}")
+    if summary.best_run is not None:
+        back = workspace.Workspace(repo, tag).night().get("from_branch")
+        echo(f"the best train.py is checked out, on branch autoresearch/{tag}"
+             + (f"; `git checkout {back}` goes back to where you started" if back else ""))
     return 0 if summary.ok else 1
 
 

@@ -75,10 +75,11 @@ def parse_assignment(text: str) -> tuple[str, object]:
 def apply_settings(train_py: str, settings: list[tuple[str, object]]) -> str:
     """train.py with each (NAME, value) written into its config block; ConfigBlockError for an unknown NAME."""
     known = read_config(train_py)
+    unknown = [name for name, _ in settings if name not in known]
+    if unknown:
+        raise ConfigBlockError(f"--set {', '.join(unknown)}: train.py's config block has no "
+                               f"{' or '.join(unknown)} (it has {', '.join(sorted(known))})")
     for name, value in settings:
-        if name not in known:
-            raise ConfigBlockError(f"--set {name}: train.py's config block has no {name} "
-                                   f"(it has {', '.join(sorted(known))})")
         train_py = set_constant(train_py, name, value)
     return train_py
 

@@ -335,7 +335,7 @@ def retrain_job(ws: Workspace, files: dict[str, bytes], run: int, seed: int, fol
 
 def run_retrain(ws: Workspace, job: Job, private: list[Path], backend: str, run: int, log: Path) -> bytes:
     """Run the job under the loop's lock (Ctrl-C kills it: KeyboardInterrupt); its pred_test.csv's bytes."""
-    lock = LoopLock(ws.repo, ws.tag)
+    lock = LoopLock(ws.repo, ws.tag, "export")
     try:
         lock.acquire()
     except LockError as exc:

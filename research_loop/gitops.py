@@ -29,8 +29,11 @@ class GitError(Exception):
     """A one-line, user-facing problem with the repository (not a repo, no commits, foreign commits)."""
 
 
+BRANCH_PREFIX = "autoresearch/"  # a night's branch: autoresearch/<tag>
+
+
 def branch_name(tag: str) -> str:
-    return f"autoresearch/{tag}"
+    return f"{BRANCH_PREFIX}{tag}"
 
 
 def run_ref(tag: str, run: int) -> str:
@@ -141,8 +144,9 @@ class Git:
 
     # ----- Branch -----
 
-    def use_branch(self, tag: str) -> bool:
-        """Check out autoresearch/<tag>, creating it at HEAD when new. True when it already existed."""
+    def use_branch(self, tag: str, base: str | None = None) -> bool:
+        """Check out autoresearch/<tag>, creating it at base (default HEAD) when new. True when it already
+        existed."""
         name = branch_name(tag)
         try:
             self.repo.git.check_ref_format("--branch", name)
@@ -150,7 +154,7 @@ class Git:
             raise GitError(f"--tag {tag!r}: not a valid git branch name part") from None
         existed = name in self.repo.heads
         if self.current_branch() != name:
-            (self.repo.heads[name] if existed else self.repo.create_head(name)).checkout()
+            (self.repo.heads[name] if existed else self.repo.create_head(name, base or "HEAD")).checkout()
         return existed
 
     # ----- Commits -----

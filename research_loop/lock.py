@@ -13,15 +13,16 @@ class LockError(Exception):
 
 
 class LoopLock:
-    def __init__(self, repo: Path, tag: str):
-        self.repo, self.tag = Path(repo), tag
+    def __init__(self, repo: Path, tag: str, command: str = "run"):
+        self.repo, self.tag, self.command = Path(repo), tag, command  # the agent_loop.py command holding it
         self.path = self.repo / "runs" / tag / "loop.lock"
         self.file = None
 
     def acquire(self) -> None:
         holder = running_loop(self.repo)
         if holder:
-            raise LockError(f"another loop is running on this repository (pid {holder[1]}, tag {holder[0]})")
+            raise LockError(f"`agent_loop.py {holder[2]}` is running on this repository (pid {holder[1]}, "
+                            f"night {holder[0]})")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = self.path.open("a+")
         try:
@@ -29,9 +30,9 @@ class LoopLock:
         except BlockingIOError:
             self.file.close()
             self.file = None
-            raise LockError(f"another loop is running on this repository (tag {self.tag})") from None
+            raise LockError(f"another command is running on this repository (night {self.tag})") from None
         self.file.truncate(0)
-        self.file.write(f"{os.getpid()}\n")
+        self.file.write(f"{os.getpid()} {self.command}\n")
         self.file.flush()
 
     def release(self) -> None:
@@ -48,8 +49,8 @@ class LoopLock:
         self.release()
 
 
-def running_loop(repo: Path) -> tuple[str, int] | None:
-    """(tag, pid) of a loop holding a lock on this repository, or None."""
+def running_loop(repo: Path) -> tuple[str, int, str] | None:
+    """(tag, pid, command) of the loop, calibrate or export holding a lock on this repository, or None."""
     for path in sorted((Path(repo) / "runs").glob("*/loop.lock")):
         try:
             file = path.open("a+")
@@ -60,7 +61,7 @@ def running_loop(repo: Path) -> tuple[str, int] | None:
                 fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 file.seek(0)
-                text = file.read().strip()
-                return path.parent.name, int(text) if text.isdigit() else -1
+                pid, _, command = file.read().strip().partition(" ")
+                return path.parent.name, int(pid) if pid.isdigit() else -1, command or "run"
             fcntl.flock(file, fcntl.LOCK_UN)
     return None

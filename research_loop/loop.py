@@ -82,6 +82,9 @@ class LoopConfig:
     allow_unsandboxed: bool = False
     limits: Limits = field(default_factory=Limits)
     tracker: object = field(default_factory=NullTracker)
+    base: str | None = None  # a new night's base commit (None: HEAD)
+    from_branch: str | None = None  # the branch checked out before the night (the end line names it)
+    agent_patience_s: float = 1800.0  # stop the night when the agent stayed unreachable this long
 
     def timeout(self, records, is_baseline: bool) -> float:
         return timeout_for([] if is_baseline else records, self.timeout_s, self.run_budget_s, self.min_timeout_s,
@@ -131,7 +134,7 @@ def run_loop(config: LoopConfig, agent: Agent) -> LoopSummary:
         night_config = NightConfig(ws.repo, ws.tag, config.settings, config.train_options, config.eval_mode,
                                    config.folds, config.seeds, config.split_seed, config.policy, config.sandbox,
                                    config.allow_unsandboxed, config.run_budget_s, config.agent_name, config.workers,
-                                   config.limits)
+                                   config.limits, base=config.base, from_branch=config.from_branch)
         try:
             files = open_files(night_config, ws)
             notes = [note for note in [place_branch(files.git, ws.tag, files.records)] if note]
@@ -171,7 +174,7 @@ def _run(config: LoopConfig, agent: Agent, ws: Workspace, files, executor, base:
         queue = reconcile(session, recorder, base)
         files.tree.take()
         proposals = ProposalSource(agent, stop, progress.note, config.agent_retry_s, config.agent_max_failures,
-                                   on_wait=progress.doing)
+                                   on_wait=progress.doing, patience_s=config.agent_patience_s)
         intake = Intake(session, recorder, proposals, config.max_bounces)
         scheduler = Scheduler(session, intake, recorder, queue, config)
         recorder.in_flight = scheduler.in_flight_lines

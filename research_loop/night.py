@@ -46,6 +46,8 @@ class NightConfig:
     agent: str = ""
     workers: int = 1
     limits: Limits = field(default_factory=Limits)
+    base: str | None = None  # a new night's base commit (None: HEAD); a night never starts from another's tip
+    from_branch: str | None = None  # the branch checked out when the night started (to go back to)
 
 
 def trial_keys(config: NightConfig) -> list[TrialKey]:
@@ -195,7 +197,7 @@ def open_files(config: NightConfig, ws: Workspace) -> NightFiles:
     notes: list[str] = []
     repo_git = open_repository(ws)
     try:
-        repo_git.use_branch(ws.tag)
+        repo_git.use_branch(ws.tag, config.base)
     except GitError as exc:
         raise NightError(str(exc)) from None
     archive_other_night(ws, notes)
@@ -288,7 +290,8 @@ def write_night(config: NightConfig, ws: Workspace, backend: str, baseline: str,
             "run_budget_min": config.run_budget_s / 60 if config.run_budget_s else None,
             "settings": {name: config_block.literal(value) for name, value in config.settings},
             "train_options": list(config.train_options), "run_budget_s": config.run_budget_s,
-            "baseline_commit": baseline, "sessions": [],
+            "baseline_commit": baseline, "sessions": [], "base": config.base or baseline,
+            "from_branch": config.from_branch,
         }
     opened = now_iso()
     # Each session's start, so that the report's wall time leaves out the hours between sessions (a night from

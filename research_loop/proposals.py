@@ -21,7 +21,7 @@ from .agents.base import Agent, AgentError, Context, Proposal, Usage
 from .hygiene import code_problem, line_problem
 from .stopping import Stop, StopControl
 
-MAX_AGENT_WAIT_S = 900.0
+MAX_AGENT_WAIT_S = 300.0  # the back-off never waits longer than this between two asks
 
 
 def compile_error(text: str) -> str | None:
@@ -60,9 +60,11 @@ class ProposalSource:
     """One outstanding ask at a time, answered in a thread; poll() hands back the result when it is there."""
 
     def __init__(self, agent: Agent, stop: StopControl, note: Callable[[str], None], retry_s: float = 60.0,
-                 max_failures: int = 8, on_wait: Callable[[str], None] = lambda what: None):
+                 max_failures: int = 8, on_wait: Callable[[str], None] = lambda what: None,
+                 patience_s: float = 1800.0):
         self.agent, self.stop, self.note = agent, stop, note
         self.retry_s, self.max_failures, self.on_wait = retry_s, max_failures, on_wait
+        self.patience_s = patience_s  # failing this long in a row ends the night (--agent-patience)
         self.future: Future | None = None
         self.seconds = 0.0  # time spent waiting for the agent, for the timing figures
 
@@ -82,7 +84,7 @@ class ProposalSource:
         return asked
 
     def _ask(self, context: Context, future: Future) -> None:
-        usage, failures = Usage(), 0
+        usage, failures, first_failure = Usage(), 0, None
         while True:
             started = time.monotonic()
             try:
@@ -100,6 +102,7 @@ class ProposalSource:
             finally:
                 self.seconds += time.monotonic() - started
             failures += 1
+            first_failure = first_failure or started
             if not retryable:
                 future.set_result(Asked(None, usage, Stop(f"the agent cannot go on: {error}", ok=False, kind="drain")))
                 return
@@ -107,7 +110,13 @@ class ProposalSource:
                 future.set_result(Asked(None, usage, Stop(f"the agent failed {failures} times in a row: {error}",
                                                           ok=False, kind="drain")))
                 return
-            wait = min(self.retry_s * 2 ** (failures - 1), MAX_AGENT_WAIT_S)
+            failing_s = time.monotonic() - first_failure
+            if failing_s >= self.patience_s:
+                future.set_result(Asked(None, usage, Stop(
+                    f"the agent stayed unreachable for {failing_s / 60:.0f} min (--agent-patience "
+                    f"{self.patience_s / 60:g}): {error}", ok=False, kind="drain")))
+                return
+            wait = min(self.retry_s * 2 ** (failures - 1), MAX_AGENT_WAIT_S, self.patience_s - failing_s)
             self.note(f"agent error: {error}; asking again in {wait:.0f} s")
             self.on_wait(f"waiting for the agent (failure {failures})")
             if not self.stop.sleep(wait):

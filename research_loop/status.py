@@ -21,12 +21,15 @@ def _duration(seconds: float) -> str:
 def describe_status(repo: Path, tag: str | None = None) -> list[str]:
     repo = Path(repo).resolve()
     holder = running_loop(repo)
-    lines = [f"a loop is running (pid {holder[1]}, night {holder[0]})" if holder else "no loop is running"]
+    running = {"run": "a loop is running", "calibrate": "calibrate is running (no loop)",
+               "export": "export is retraining a run (no loop)"}
+    lines = [f"{running.get(holder[2], holder[2] + ' is running')} (pid {holder[1]}, night {holder[0]})" if holder
+             else "no loop is running"]
     tag = tag or (holder[0] if holder else latest_tag(repo))
     if tag is None:
         return [*lines, "no night yet (start one with `python agent_loop.py`)"]
     ws = Workspace(repo, tag)
-    if holder and holder[0] == tag:
+    if holder and holder[0] == tag and holder[2] == "run":
         live = read_json(ws.tag_dir / "live.json")
         now = time.time()
         for job in live.get("jobs", []):

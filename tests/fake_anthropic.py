@@ -1,7 +1,7 @@
 """A local stand-in for the Anthropic Messages API, reached by the real anthropic SDK via ANTHROPIC_BASE_URL.
 
 It serves a scripted list of replies (messages, API errors, or raw bodies such as broken JSON) to
-`POST /v1/messages`, one per request, and records every request body so tests can assert what the agent sent.
+`POST /v1/messages`, one per request (and the model list to `GET /v1/models`, the loop's key check), and records every request body so tests can assert what the agent sent.
 A request with "stream": true gets its message as server-sent events, as the Claude Code CLI asks for it.
 
     with FakeAnthropic([message(tool_use("submit", {...}))]) as fake:
@@ -25,6 +25,7 @@ DEFAULT_USAGE = {
     "cache_read_input_tokens": 0,
 }
 _ids = itertools.count(1)
+MODEL_ID = "claude-sonnet-5-5"
 
 
 def text(value: str) -> dict:
@@ -92,6 +93,7 @@ class FakeAnthropic(LocalServer):
         self.raw_requests: list[str] = []
         self.headers: list[dict] = []
         self.sdk_retry_after_ms = sdk_retry_after_ms  # keeps the SDK's own retry sleeps tiny
+        self.models_reply: dict | None = None  # an error(...) for GET /v1/models (e.g. a refused key)
         super().__init__()
 
     @property
@@ -138,6 +140,16 @@ class FakeAnthropic(LocalServer):
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                """The model list: the loop's check, before a night, that the key is accepted."""
+                if self.path.split("?")[0] != "/v1/models":
+                    return self._send(404, {}, error(404, "not_found_error", self.path)["body"])
+                if fake.models_reply is not None:
+                    return self._send(fake.models_reply["status"], {}, fake.models_reply["body"])
+                models = [{"type": "model", "id": MODEL_ID, "display_name": MODEL_ID,
+                           "created_at": "2026-01-01T00:00:00Z"}]
+                self._send(200, {}, {"data": models, "has_more": False, "first_id": MODEL_ID, "last_id": MODEL_ID})
+
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("content-length", 0))).decode("utf-8")
                 if self.path.split("?")[0] != "/v1/messages":

@@ -91,8 +91,10 @@ def raw(body: str, status: int = 200, content_type: str = "application/json") ->
 class FakeOpenAI(LocalServer):
     """A ThreadingHTTPServer on 127.0.0.1 (free port) serving scripted chat.completions replies."""
 
-    def __init__(self, script: list[dict], retry_after_ms: int = 10):
-        """retry_after_ms: the retry-after-ms header of error replies that name no retry header."""
+    def __init__(self, script: list[dict], retry_after_ms: int = 10, models: tuple[str, ...] | None = None):
+        """retry_after_ms: the retry-after-ms header of error replies that name no retry header.
+        models: what GET /v1/models lists (the loop checks the model is served); None: no model list (404)."""
+        self.models = models
         self.script = list(script)
         self.requests: list[dict] = []
         self.headers: list[dict] = []
@@ -125,6 +127,12 @@ class FakeOpenAI(LocalServer):
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path.split("?")[0] != "/v1/models" or fake.models is None:
+                    return self._send(404, {}, json.dumps(error(404, f"no route {self.path}")["body"]))
+                listed = [{"id": model, "object": "model", "created": 0, "owned_by": "fake"} for model in fake.models]
+                self._send(200, {}, json.dumps({"object": "list", "data": listed}))
+
             def do_POST(self):
                 raw_body = self.rfile.read(int(self.headers.get("content-length", 0))).decode("utf-8")
                 if self.path.split("?")[0] != "/v1/chat/completions":

@@ -91,7 +91,16 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sleep", type=float, default=SLEEP_S)
     parser.add_argument("--data", type=Path, default=Path("data"))
+    parser.add_argument("--check", action="store_true")
     args, _ = parser.parse_known_args()
+    if args.check:  # train.py's config check, as the loop runs it before a night with --set
+        bad = [name for name in ("QUALITY", "LEARNING_RATE", "WEIGHT_DECAY")
+               if not isinstance(globals()[name], (int, float)) or globals()[name] < 0]
+        if bad:
+            print("error: " + "; ".join(f"{name} must be a number of at least 0" for name in bad), file=sys.stderr)
+            sys.exit(2)
+        print("config: ok")
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "env.json").write_text(json.dumps(dict(os.environ)))
     print("fake training with arguments:", *sys.argv[1:], flush=True)

@@ -187,7 +187,7 @@ def test_calibrate_waits_for_no_loop(repo):
     lock = LoopLock(repo, "other")
     lock.acquire()
     try:
-        with pytest.raises(CalibrationError, match="another loop is running .*tag other"):
+        with pytest.raises(CalibrationError, match=r"`agent_loop.py run` is running .*night other"):
             calibrate(repo)
     finally:
         lock.release()

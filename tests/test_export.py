@@ -239,7 +239,7 @@ def test_a_retrain_waits_for_no_loop_but_a_copy_does_not(repo):
     lock.acquire()
     try:
         assert not export_run(repo, TAG, 1).retrained
-        with pytest.raises(ExportError, match=r"another loop is running .*tag other.*training run 2 again"):
+        with pytest.raises(ExportError, match=r"`agent_loop.py run` is running .*night other.*training run 2 again"):
             export_run(repo, TAG, 2)
     finally:
         lock.release()

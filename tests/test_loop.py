@@ -232,7 +232,7 @@ def test_a_second_loop_is_refused_and_status_sees_the_first(repo):
     lock = LoopLock(repo, "other")
     lock.acquire()
     try:
-        with pytest.raises(LoopError, match=f"another loop is running .*pid {os.getpid()}"):
+        with pytest.raises(LoopError, match=f"`agent_loop.py run` is running .*pid {os.getpid()}"):
             run_loop(config(repo, max_runs=1), ScriptedAgent([]))
         assert describe_status(repo)[0] == f"a loop is running (pid {os.getpid()}, night other)"
     finally:

@@ -239,6 +239,15 @@ class AnthropicAgent:
         self.max_cost_usd_per_proposal = max_cost_usd_per_proposal
         self.client = make_client(max_retries, request_timeout_s)
 
+    def check(self) -> None:
+        """Before the night: the key is accepted (one cheap authenticated call, no retries, 5 s)."""
+        check_api_key()
+        try:
+            self.client.with_options(max_retries=0, timeout=5.0).models.list(limit=1)
+        except anthropic.APIError as err:
+            error = agent_error(err)
+            raise AgentError(f"before the night: {error}", retryable=False) from None
+
     def propose(self, context: Context) -> Proposal:
         """One fresh conversation that ends in a submitted train.py, or an AgentError carrying `.usage`."""
         check_api_key()  # the SDK would raise a bare TypeError without one

@@ -12,6 +12,7 @@ the cost cap; the nudge and the unchanged-submit rule are ours. Tokens and dolla
 
 from __future__ import annotations
 
+import os
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -141,6 +142,20 @@ class ClaudeCodeAgent:
         self.max_cost_usd_per_proposal = max_cost_usd_per_proposal
         self.timeout_s = timeout_s  # a CLI that hangs must not hang the night
         self.transport_factory = transport_factory  # options -> Transport; None: the CLI as a subprocess
+
+    def check(self) -> None:
+        """Before the night: a Claude Code login exists (an API key, an OAuth token or the CLI's stored
+        credentials). A transport given by the caller brings its own."""
+        if self.transport_factory is not None:
+            return
+        if os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("CLAUDE_CODE_OAUTH_TOKEN"):
+            return
+        config_dir = Path(os.environ.get("CLAUDE_CONFIG_DIR") or Path.home() / ".claude")
+        if (config_dir / ".credentials.json").is_file():
+            return
+        raise AgentError(f"--agent claude-code: no Claude Code login (no ANTHROPIC_API_KEY, no "
+                         f"CLAUDE_CODE_OAUTH_TOKEN, no {config_dir / '.credentials.json'}); run `claude` once to "
+                         "log in, or use --agent anthropic", retryable=False)
 
     def propose(self, context: Context) -> Proposal:
         """One fresh Claude Code session that ends in a submitted train.py, or an AgentError with `.usage`."""

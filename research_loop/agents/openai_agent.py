@@ -273,6 +273,20 @@ class OpenAIAgent:
         self.max_cost_usd_per_proposal = max_cost_usd_per_proposal  # applies only where the price is known
         self.client = make_client(base_url, max_retries, request_timeout_s)
 
+    def check(self) -> None:
+        """Before the night: the server answers (no retries, 5 s) and serves the model. A server without a
+        model list (404) is taken at its word."""
+        server = server_name(self.client)
+        try:
+            served = [model.id for model in self.client.with_options(max_retries=0, timeout=5.0).models.list()]
+        except openai.NotFoundError:
+            return
+        except openai.APIError as err:
+            raise AgentError(f"before the night: {agent_error(err, server)}", retryable=False) from None
+        if served and self.model not in served:
+            shown = ", ".join(served[:8]) + (f" and {len(served) - 8} more" if len(served) > 8 else "")
+            raise AgentError(f"--llm {self.model}: {server} does not serve it (it serves {shown})", retryable=False)
+
     def propose(self, context: Context) -> Proposal:
         """One fresh conversation that ends in a submitted train.py, or an AgentError carrying `.usage`."""
         session = ToolSession(context.repo, context.train_py, context.last_log_path)
