@@ -28,6 +28,7 @@ class LiveStatus:
     def __init__(self, session):
         self.session = session
         self.written = 0.0
+        self.stopping = ""  # "stopping after run 4 (STOP seen 02:28:28); ...", once STOP or Ctrl-C was seen
 
     def show(self, tickets: dict, queue: list, agent_busy: bool) -> None:
         session = self.session
@@ -45,7 +46,7 @@ class LiveStatus:
         now = time.time()
         live = {"pid": os.getpid(), "updated": now, "activity": session.progress.activity, "queued": queued,
                 "jobs": [{"what": what, "started": now - (time.monotonic() - since)} for what, since in jobs],
-                "utilisation": utilisation}
+                "utilisation": utilisation, "stopping": self.stopping}
         try:
             write_atomically(session.ws.tag_dir / LIVE_FILE, json.dumps(live) + "\n")
         except OSError:

@@ -80,6 +80,7 @@ class Scheduler:
                 return self._abort()
             if self.ending is None or (self.ending.kind != "now" and session.stop.stop_requested):
                 self.ending = session.stop.reason(planned=len(self.queue)) or self.ending
+                self._acknowledge_stop()
             for trial in sorted(self.queue, key=priority):
                 if trial in self.queue:
                     self._advance(trial)
@@ -97,6 +98,19 @@ class Scheduler:
             if self._done():
                 return self.ending
             self._charge(None, elapsed)
+
+    def _acknowledge_stop(self) -> None:
+        """STOP or Ctrl-C, said at once on screen and in live.json (so `status` shows it)."""
+        if self.live.stopping or self.ending is None or not self.session.stop.stop_requested:
+            return
+        cause = "STOP" if "STOP" in self.ending.reason else "Ctrl-C"
+        runs = sorted({run for run, _ in self.tickets})
+        after = f"after run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))}" if runs else "now"
+        self.live.stopping = (f"stopping {after} ({cause} seen {time.strftime('%H:%M:%S')}); "
+                              "Ctrl-C again kills it")
+        if cause == "STOP":  # Ctrl-C said so itself, from its handler
+            self.session.progress.note(self.live.stopping)
+        self.live.written = 0.0  # write live.json now
 
     def _may_start(self, trial: Trial) -> bool:
         return may_start(trial, self.ending, self.session.stop.stop_requested, self.session.budget, self.queue)

@@ -32,6 +32,8 @@ def describe_status(repo: Path, tag: str | None = None) -> list[str]:
     if holder and holder[0] == tag and holder[2] == "run":
         live = read_json(ws.tag_dir / "live.json")
         now = time.time()
+        if live.get("stopping"):
+            lines.append(live["stopping"])
         for job in live.get("jobs", []):
             lines.append(f"training: {job['what']}, for {_duration(now - job['started'])}")
         if live and not live.get("jobs"):

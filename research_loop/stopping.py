@@ -92,7 +92,8 @@ class StopControl:
             return
         self.stop_requested = True
         self.pressed.set()
-        self.note("Ctrl-C: finishing the runs in flight, then stopping (Ctrl-C again to stop now)")
+        self.note(f"Ctrl-C seen {time.strftime('%H:%M:%S')}: finishing the runs in flight, then stopping "
+                  "(Ctrl-C again kills them)")
 
     def _on_terminate(self, signum, frame) -> None:
         self.stop_requested = self.abort_requested = True

@@ -325,7 +325,10 @@ def test_kill_between_row_and_keep_then_restart(repo):
 
 def test_a_run_queued_at_a_planned_stop_runs_next_session_and_is_not_called_interrupted(repo):
     # Lookahead 1: run 2 is proposed on the baseline while run 1 trains; run 1's keep makes it stale, it is
-    # rebased as run 3, and --max-runs (3 rows) ends the session before run 3 starts.
+    # rebased as run 3, and --max-runs (3 rows) ends the session before run 3 starts. Each run sleeps a
+    # second, so run 2 is always proposed while run 1 trains, however busy the machine is.
+    (repo / "train.py").write_text(set_constant((repo / "train.py").read_text(), "SLEEP_S", 1.0))
+    git(repo, "commit", "-qam", "runs take a second")
     code, output = drive(repo, [["QUALITY", 0.7], ["QUALITY", 0.8]], 3, overrides={"lookahead": 1})
     assert code == 0, output
     assert statuses(repo) == ["baseline", "keep", "invalid"] and "rebased onto run 1 as run 3" in output

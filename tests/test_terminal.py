@@ -12,6 +12,8 @@ import pytest
 from fake_openai import FakeOpenAI, completion, slow, tool_call
 from loop_helpers import git, make_repo, results, train_pid_file
 
+from research_loop.status import describe_status
+
 TAG = "t"
 
 
@@ -131,3 +133,25 @@ def test_ctrl_c_again_and_again(repo, times):
         child.sendcontrol("c")
         output = finish(child)
         check_night(repo, output, child.exitstatus)
+
+
+@pytest.mark.parametrize("how", ["STOP", "Ctrl-C"])
+def test_stop_and_ctrl_c_are_acknowledged_at_once_on_screen_and_in_status(repo, how):
+    child = spawn(repo, "--agent", "builtin", "--tag", TAG, "--policy", "monotonic", "--max-runs", "30",
+                  "--set", "SLEEP_S=15")
+    wait_for(lambda: train_pid_file(repo, TAG, 1).exists())
+    seen = time.monotonic()
+    if how == "STOP":
+        (repo / "STOP").touch()
+        child.expect(r"stopping after run 1 \(STOP seen \d\d:\d\d:\d\d\); Ctrl-C again kills it", timeout=30)
+    else:
+        child.sendcontrol("c")
+        child.expect(r"Ctrl-C seen \d\d:\d\d:\d\d: finishing the runs in flight", timeout=30)
+    latency = time.monotonic() - seen
+    assert train_pid_file(repo, TAG, 1).exists(), "acknowledged only after the run in flight ended"
+    wait_for(lambda: "stopping after run 1" in " ".join(describe_status(repo)), seconds=30)
+    status = describe_status(repo)
+    assert any(line.startswith(f"stopping after run 1 ({how} seen") for line in status), status
+    output = finish(child)
+    assert child.exitstatus == 0, output
+    print(f"{how} acknowledged on screen after {latency:.2f} s")
