@@ -226,6 +226,11 @@ def run_night(repo: Path, options: RunOptions, echo: Echo) -> int:
         echo("interrupted before the first run", err=True)
         return 130
     echo(f"{'stopped' if summary.ok else 'error'}: {summary.stop_reason}")
+    if not summary.ok and summary.best_run is None and not night and summary.stop_reason.startswith("the baseline"):
+        from .night import discard_failed_night
+
+        echo(discard_failed_night(workspace.Workspace(repo, tag), config.from_branch, config.base))
+        return 1
     unit = "fold" if config.eval_mode == "cv" else "seed"
     best = (f"best run {summary.best_run}: strict F1 {summary.best_strict_f1:.4f} ({summary.best_trials} {unit}"
             f"{'s' if summary.best_trials != 1 else ''}; commit {summary.best_commit[:10]})"
@@ -252,9 +257,23 @@ def status_lines(repo: Path, tag: str | None) -> list[str]:
     return describe_status(repo, tag)
 
 
+def prepared(repo: Path, echo: Echo) -> bool:
+    """data/ prepared for calibrate, export and consensus as for a night (prepare.py runs when it is missing)."""
+    from .preflight import PreflightError, ensure_data
+
+    try:
+        ensure_data(repo, None, echo)
+    except PreflightError as exc:
+        fail(echo, str(exc))
+        return False
+    return True
+
+
 def calibrate(repo, repeats, tag, limit, timeout_min, seeds, sandbox, no_sandbox, echo) -> int:
     from .calibrate import CalibrationError, calibration_lines, run_calibration
 
+    if not prepared(repo, echo):
+        return 1
     tag = tag or workspace.resolve_tag(repo, None, False)[0]
     try:
         result = run_calibration(repo, tag, repeats, limit, timeout_min * 60 if timeout_min else None,
@@ -293,6 +312,8 @@ def report(repo, tag, format_name, plot, echo) -> int:
 def export(repo, run, tag, out, sandbox, no_sandbox, echo) -> int:
     from .export import ExportError, export_run
 
+    if not prepared(repo, echo):
+        return 1
     tag = tag or workspace.latest_tag(repo)
     if tag is None:
         return fail(echo, "no night yet: nothing to export (start one with `python agent_loop.py`)")
@@ -311,6 +332,8 @@ def export(repo, run, tag, out, sandbox, no_sandbox, echo) -> int:
 def consensus(repo, run, llms, tag, base_url, min_votes, max_cost_usd, echo) -> int:
     from .consensus import ConsensusError, run_consensus
 
+    if not prepared(repo, echo):
+        return 1
     tag = tag or workspace.latest_tag(repo)
     if tag is None:
         return fail(echo, "no night yet: no run to vote on")

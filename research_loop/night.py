@@ -316,3 +316,35 @@ def timeout_for(records: list[RunRecord], config_timeout_s: float | None, run_bu
     return max(min_timeout_s, 3 * baseline.seconds / baseline.trials)
 
 
+
+
+def discard_failed_night(ws: Workspace, from_branch: str | None, base: str | None) -> str:
+    """A new night whose baseline could not run leaves no branch and no commit behind: the user is put back
+    where they were, the night's branch and run refs are deleted, and its files (the baseline's log, its row)
+    move to runs/<tag>.failed-<time>/. Returns the line that says so."""
+    import shutil
+
+    import git
+
+    from .gitops import branch_name
+    from .ledger import RESULTS_FILE, STATE_FILE
+
+    repo = git.Repo(ws.repo)
+    target = from_branch if from_branch and from_branch in repo.heads else base
+    if target:
+        repo.git.checkout("-q", target)
+    if branch_name(ws.tag) in repo.heads and (repo.head.is_detached or repo.active_branch.name != branch_name(ws.tag)):
+        repo.git.branch("-D", branch_name(ws.tag))
+    for ref in repo.git.for_each_ref("--format=%(refname)", f"refs/autoresearch/{ws.tag}/").split():
+        repo.git.update_ref("-d", ref)
+    folder = ws.repo / "runs" / f"{ws.tag}.failed-{now_iso()[:19].replace(':', '')}"
+    if ws.tag_dir.is_dir():
+        os.replace(ws.tag_dir, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if tag_of(ws.results_path) == ws.tag:
+        for name in (RESULTS_FILE, STATE_FILE):
+            if (ws.repo / name).is_file():
+                os.replace(ws.repo / name, folder / name)
+    shutil.rmtree(ws.store, ignore_errors=True)  # the loop's own copies of this night
+    return (f"no branch or commit was left behind; back on {target or 'the commit you started from'}; the "
+            f"baseline's log and row are in {folder.relative_to(ws.repo)}/")

@@ -133,3 +133,32 @@ def test_a_night_spans_midnight_and_only_a_finished_one_starts_another(tmp_path,
     lines.clear()
     assert run_night(repo, options(max_runs=1, new=True), echo) == 0
     assert lines[0] == "starting night nov26-2"
+
+
+def test_the_readme_commands_take_a_fresh_clone_to_a_night(tmp_path, task7_dir):
+    """The README's two commands in a git clone of the project: the install line is what CI runs; the night
+    line, with --source (no internet here), the small model and a fake Anthropic API, prepares data/ and runs
+    the baseline; the report reads it."""
+    from fake_anthropic import FakeAnthropic
+
+    lines = (PROJECT / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    install, night = (line.split("#")[0].split() for line in lines[:2])
+    assert install == ["pip", "install", "-e", '".[dev]"'] and night == ["python", "agent_loop.py"]
+    assert 'pip install -q torch==2.13.0 -e ".[dev]"' in (PROJECT / ".ci" / "run").read_text()
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(PROJECT), str(clone)], check=True)
+    for name in ("user.email", "user.name"):
+        subprocess.run(["git", "config", name, "test"], cwd=clone, check=True)
+    assert not (clone / "data" / "manifest.json").exists()
+    with FakeAnthropic([]) as fake:
+        env = {**__import__("os").environ, "ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_API_KEY": "sk-test",
+               "NER_AUTORESEARCH_CACHE": str(tmp_path / "cache")}
+        done = subprocess.run([sys.executable, *night[1:], "--source", str(task7_dir), "--max-runs", "1",
+                               "--seeds", "2", "--limit", "24", "--set", "MODEL_NAME=minilm", "--set", "EPOCHS=1",
+                               "--tag", "fresh"], cwd=clone, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "data/ is not prepared: running prepare.py --source" in done.stdout
+    assert "--max-runs reached" in done.stdout and "git checkout main" in done.stdout
+    assert [row["status"] for row in results(clone)] == ["baseline"]
+    report = agent_loop(clone, "report", "--format", "md")
+    assert report.returncode == 0 and "fresh" in report.stdout, report.stdout + report.stderr

@@ -186,3 +186,19 @@ def test_a_failed_download_is_prepare_pys_one_line_naming_source(fake_repo):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: prepare.py: ") and "--source" in lines[0], done.stderr
     assert footprint(fake_repo) == before
+
+
+def test_a_night_whose_baseline_fails_leaves_no_branch_and_no_commit(fake_repo):
+    branches, _, _ = footprint(fake_repo)
+    done = agent_loop(fake_repo, "--agent", "builtin", "--tag", "x", "--set", "ACTION=crash")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the baseline run failed" in done.stdout and "no branch or commit was left behind" in done.stdout
+    assert footprint(fake_repo)[0] == branches and git(fake_repo, "branch", "--show-current").strip() == "main"
+    assert git(fake_repo, "for-each-ref", "refs/autoresearch/").strip() == ""
+    assert git(fake_repo, "status", "--porcelain") == ""
+    failed = list((fake_repo / "runs").glob("x.failed-*"))
+    assert len(failed) == 1 and "boom: the fake train.py crashed" in (failed[0] / "0000" / "run.log").read_text()
+    assert "\tcrash\t" in (failed[0] / "results.tsv").read_text() and not (fake_repo / "results.tsv").exists()
+    again = agent_loop(fake_repo, "--agent", "builtin", "--tag", "x", "--max-runs", "1")  # the same tag, afresh
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "starting night x" in again.stdout
