@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import consensus_votes as votes
 from .agents.base import Usage
-from .consensus_ballot import Ballot, ConsensusError, Voter, collect, parse_voters
+from .consensus_ballot import Ballot, ConsensusError, Voter, check_voters, collect, parse_voters
 from .dataviews import DataViews
 from .safe_io import read_text, write_atomically
 from .scoring import import_file
@@ -180,6 +180,7 @@ def run_consensus(repo: Path, tag: str, run: int, llms: list[str], base_url: str
     own = {f"run_{split.name}": score(evaluate, split.gold, split.predicted, shown(split.path, repo))
            for split in splits if split.gold is not None}
     card = read_text(repo / "data" / prepare.TASK_CARD, default="") or f"Entity types: {', '.join(types)}.\n"
+    check_voters(voters)
     ballot = Ballot(votes.system_prompt(card, types), math.inf if max_cost_usd is None else max_cost_usd, echo)
 
     spans = [(split, row_id, votes.Span(start, end, kind)) for split in splits

@@ -73,6 +73,20 @@ def parse_voters(llms: list[str], base_url: str | None) -> list[Voter]:
     return voters
 
 
+def check_voters(voters: list[Voter]) -> None:
+    """Before any question: each voter's key is accepted, its server answers and serves its model."""
+    from .agents import anthropic_agent, openai_agent
+
+    for voter in voters:
+        try:
+            if voter.backend == "anthropic":
+                anthropic_agent.check_access()
+            else:
+                openai_agent.check_model(openai_agent.make_client(voter.base_url), voter.model)
+        except AgentError as exc:
+            raise ConsensusError(f"--llm {voter.label}: {exc}") from None
+
+
 class Ballot:
     """Puts questions to voters: the cached answer when there is one, else the model, while the cost cap
     allows (an answer costs nothing twice). A model's first error that waiting cannot fix (a rejected key, an

@@ -287,6 +287,17 @@ def test_a_model_with_a_rejected_key_stops_and_abstains(repo, fakes):
         consensus(repo, fakes, [f"openai:{MINI}"])
 
 
+def test_a_voter_that_cannot_answer_is_refused_before_any_question(repo, fakes):
+    fakes[1].models = ("some-other-model",)
+    with pytest.raises(ConsensusError, match=rf"^--llm openai:{MINI}: .*does not serve it \(it serves some-other"):
+        consensus(repo, fakes, [f"anthropic:{SONNET}", f"openai:{MINI}"])
+    fakes[0].models_reply = fake_anthropic.error(401, "authentication_error", "invalid x-api-key")
+    with pytest.raises(ConsensusError, match=rf"^--llm anthropic:{SONNET}: .*401.*invalid x-api-key"):
+        consensus(repo, fakes, [f"anthropic:{SONNET}"])
+    assert not fakes[0].requests and not fakes[1].requests  # no question was put
+    assert not list(run_folder(repo).glob("consensus*"))
+
+
 def test_the_command_line(repo, fakes):
     command = [sys.executable, "agent_loop.py", "consensus", "0", "--tag", TAG, "--llm", f"anthropic:{SONNET}",
                "--max-cost-usd", "0.03"]

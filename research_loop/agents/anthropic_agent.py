@@ -65,6 +65,16 @@ def check_api_key() -> None:
         )
 
 
+def check_access(client: anthropic.Anthropic | None = None) -> None:
+    """Before a night or a consensus: a key is set and accepted (one cheap authenticated call, no retries,
+    5 s); AgentError with the API's reason otherwise."""
+    check_api_key()
+    try:
+        (client or make_client()).with_options(max_retries=0, timeout=5.0).models.list(limit=1)
+    except anthropic.APIError as err:
+        raise AgentError(f"before starting: {agent_error(err)}", retryable=False) from None
+
+
 def make_client(
     max_retries: int = anthropic.DEFAULT_MAX_RETRIES, timeout_s: float = 600.0, base_url: str | None = None
 ) -> anthropic.Anthropic:
@@ -240,13 +250,8 @@ class AnthropicAgent:
         self.client = make_client(max_retries, request_timeout_s)
 
     def check(self) -> None:
-        """Before the night: the key is accepted (one cheap authenticated call, no retries, 5 s)."""
-        check_api_key()
-        try:
-            self.client.with_options(max_retries=0, timeout=5.0).models.list(limit=1)
-        except anthropic.APIError as err:
-            error = agent_error(err)
-            raise AgentError(f"before the night: {error}", retryable=False) from None
+        """Before the night: the key is accepted."""
+        check_access(self.client)
 
     def propose(self, context: Context) -> Proposal:
         """One fresh conversation that ends in a submitted train.py, or an AgentError carrying `.usage`."""

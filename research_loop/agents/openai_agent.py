@@ -122,6 +122,21 @@ def agent_error(err: Exception, server: str = "the OpenAI API") -> AgentError:
     return AgentError(f"the OpenAI client failed ({type(err).__name__}: {err})")
 
 
+def check_model(client: openai.OpenAI, model: str) -> None:
+    """Before a night or a consensus: the server answers (no retries, 5 s) and serves the model; AgentError
+    otherwise. A server without a model list (404) is taken at its word."""
+    server = server_name(client)
+    try:
+        served = [listed.id for listed in client.with_options(max_retries=0, timeout=5.0).models.list()]
+    except openai.NotFoundError:
+        return
+    except openai.APIError as err:
+        raise AgentError(f"before starting: {agent_error(err, server)}", retryable=False) from None
+    if served and model not in served:
+        shown = ", ".join(served[:8]) + (f" and {len(served) - 8} more" if len(served) > 8 else "")
+        raise AgentError(f"--llm {model}: {server} does not serve it (it serves {shown})", retryable=False)
+
+
 def server_name(client: openai.OpenAI) -> str:
     """How errors name the server: OpenAI's API, or a local server by its URL."""
     if client.base_url.host == "api.openai.com":
@@ -274,18 +289,8 @@ class OpenAIAgent:
         self.client = make_client(base_url, max_retries, request_timeout_s)
 
     def check(self) -> None:
-        """Before the night: the server answers (no retries, 5 s) and serves the model. A server without a
-        model list (404) is taken at its word."""
-        server = server_name(self.client)
-        try:
-            served = [model.id for model in self.client.with_options(max_retries=0, timeout=5.0).models.list()]
-        except openai.NotFoundError:
-            return
-        except openai.APIError as err:
-            raise AgentError(f"before the night: {agent_error(err, server)}", retryable=False) from None
-        if served and self.model not in served:
-            shown = ", ".join(served[:8]) + (f" and {len(served) - 8} more" if len(served) > 8 else "")
-            raise AgentError(f"--llm {self.model}: {server} does not serve it (it serves {shown})", retryable=False)
+        """Before the night: the server answers and serves the model."""
+        check_model(self.client, self.model)
 
     def propose(self, context: Context) -> Proposal:
         """One fresh conversation that ends in a submitted train.py, or an AgentError carrying `.usage`."""
