@@ -22,6 +22,7 @@ from .acceptance import POWER, AcceptancePolicy, estimate_noise
 from .dataviews import DataViews
 from .executors import kill_stale
 from .gitops import TRAIN_FILE, Git, GitError
+from .integrity import FIXED_FILES
 from .jobs import Job, JobResult, run_job
 from .ledger import now_iso
 from .lock import LockError, LoopLock
@@ -145,7 +146,7 @@ class Bench:
         except prepare.DataError as exc:
             raise CalibrationError(str(exc)) from None
         views = DataViews(data_dir, "val")
-        fixed = {name: read_bytes(ws.repo / name) for name in ("prepare.py", "evaluate.py")}
+        fixed = {name: read_bytes(ws.repo / name) for name in FIXED_FILES}
         try:
             backend, passed_over = sandboxes.choose(sandbox, no_sandbox)
         except sandboxes.SandboxError as exc:

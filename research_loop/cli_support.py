@@ -183,7 +183,9 @@ def check_new_settings(repo: Path, config, night: dict) -> None:
     if night or not config.settings:
         return
     commit = git.Repo(repo).commit(config.base or "HEAD")
-    files = {name: commit.tree[name].data_stream.read() for name in ("train.py", "prepare.py", "evaluate.py")}
+    from .integrity import FIXED_FILES
+
+    files = {name: commit.tree[name].data_stream.read() for name in ("train.py", *FIXED_FILES)}
     from .night import private_folders
 
     ws = workspace.Workspace(repo, config.tag)

@@ -20,6 +20,7 @@ from git import BadName
 from . import sandbox as sandboxes
 from .dataviews import DataViews
 from .gitops import TRAIN_FILE, Git, GitError, run_ref
+from .integrity import FIXED_FILES
 from .jobs import Job, run_job
 from .ledger import RESULTS_FILE, read_records, tag_of
 from .lock import LockError, LoopLock
@@ -36,7 +37,6 @@ EXPORTS_DIR = "exports"
 SUBMISSION_FILE = "submission.csv"
 RETRAIN_LOG = "retrain.log"
 PREDICTIONS_FILE = "pred_test.csv"  # what train.py writes for data/test.jsonl
-FIXED_FILES = ("prepare.py", "evaluate.py")  # train.py imports them: taken from the run's own commit
 DEFAULT_SEED = 42
 SHOWN_IDS = 3
 

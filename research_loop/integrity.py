@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .safe_io import read_bytes, write_atomically
 
-PROTECTED_FILES = ("prepare.py", "evaluate.py", "agent_loop.py", "program.md", "pyproject.toml")
+FIXED_FILES = ("prepare.py", "evaluate.py")  # what train.py imports: every job carries them, from the same commit
+PROTECTED_FILES = (*FIXED_FILES, "agent_loop.py", "program.md", "pyproject.toml")
 PROTECTED_DIRS = ("research_loop", "data")
 SKIPPED_PARTS = ("__pycache__",)
 # .git files the loop's own git steps change; everything else under .git (config, hooks, info) is watched.

@@ -15,13 +15,14 @@ from pathlib import Path
 from . import config_block, sandbox
 from .acceptance import AcceptancePolicy, Monotonic, TrialKey
 from .dataviews import DataViews, write_gold
-from .gitops import Git, GitError
-from .integrity import ProtectedFiles, TreeWatch, verify_data
+from .gitops import TRAIN_FILE, Git, GitError
+from .integrity import FIXED_FILES, ProtectedFiles, TreeWatch, verify_data
 from .ledger import Ledger, now_iso, read_records, tag_of
 from .records import RunRecord
 from .safe_io import read_bytes
 from .sandbox import Limits
 from .scoring import Scorer, import_file
+from .state import best_record
 from .workspace import STOP_FILE, Workspace, cache_root
 
 
@@ -88,10 +89,23 @@ class NightFiles:
     notes: list[str] = field(default_factory=list)  # lines for the user (restored files, the sandbox, ...)
 
 
-def open_repository(ws: Workspace) -> Git:
-    """The repository, clean: a train.py half-moved by a killed keep is finished first (never a user's edit)."""
-    from .reconcile import finish_interrupted_keep
+def finish_interrupted_keep(repo_git: Git, records: list[RunRecord]) -> str | None:
+    """When train.py (index or working tree) differs from HEAD only because a kill cut the loop's own git
+    step short, put the best run's train.py back; returns a note, or None when there was nothing to do."""
+    best = best_record(records)
+    if best is None or TRAIN_FILE not in repo_git.changed_paths():
+        return None
+    current = (repo_git.root / TRAIN_FILE).read_text(encoding="utf-8", errors="replace")
+    known = {repo_git.show(record.commit) for record in records if record.status.kept and repo_git.exists(record.commit)}
+    if current not in known and current != repo_git.show("HEAD"):
+        return None  # the human's own edit: the dirty-tree check refuses it
+    repo_git.move_to(best.commit)
+    return f"finished the interrupted git step of run {best.run} (train.py back to its commit)"
 
+
+def open_repository(ws: Workspace, notes: list[str]) -> Git:
+    """The repository, clean: a train.py half-moved by a killed keep is finished first (never a user's edit),
+    and the user is told."""
     if (ws.repo / STOP_FILE).exists():
         raise NightError(f"{ws.repo / STOP_FILE} exists: remove it to start the loop")
     try:
@@ -103,7 +117,9 @@ def open_repository(ws: Workspace) -> Git:
     except ValueError as exc:
         raise NightError(str(exc)) from None
     if repo_git.current_branch() == f"autoresearch/{ws.tag}":
-        finish_interrupted_keep(repo_git, records)
+        note = finish_interrupted_keep(repo_git, records)
+        if note:
+            notes.append(note)
     changed = repo_git.changed_paths()
     if changed:
         raise NightError(f"the working tree has uncommitted changes ({', '.join(sorted(changed))}); "
@@ -195,7 +211,7 @@ def read_calibration(ws: Workspace) -> list[float]:
 def open_files(config: NightConfig, ws: Workspace) -> NightFiles:
     """Every check and collaborator of setup, in order; NightError (one line) when the night cannot start."""
     notes: list[str] = []
-    repo_git = open_repository(ws)
+    repo_git = open_repository(ws, notes)
     try:
         repo_git.use_branch(ws.tag, config.base)
     except GitError as exc:
@@ -227,7 +243,7 @@ def open_files(config: NightConfig, ws: Workspace) -> NightFiles:
         if holdout_gold is None:
             notes.append(f"holdout gold not found ({path}): holdout scoring is off; rerun prepare.py")
     backend, backend_note = choose_sandbox(config, notes)
-    fixed = {name: read_bytes(ws.repo / name) for name in ("prepare.py", "evaluate.py")}
+    fixed = {name: read_bytes(ws.repo / name) for name in FIXED_FILES}
     tree = TreeWatch(ws.repo, own=[f"runs/{ws.tag}", "results.tsv", "CURRENT_STATE.md", STOP_FILE, "program.md",
                                    "mlruns", "progress.png"])
     return NightFiles(repo_git, ledger, records, views, Scorer(evaluate, entity_types), prepare, protected, tree,

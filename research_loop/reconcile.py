@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from .executors import kill_stale
-from .gitops import TRAIN_FILE, Git, branch_name
+from .gitops import Git, branch_name
 from .jobs import remove_tree
 from .night import NightError
 from .recorder import Recorder
@@ -20,20 +20,6 @@ from .state import best_record
 from .trial import Candidate, Trial, TrialOutcome
 
 TRAILER_FIELDS = ("Hypothesis", "Direction", "Base", "Cost-USD", "Tokens", "Agent-Key")
-
-
-def finish_interrupted_keep(repo_git: Git, records: list[RunRecord]) -> str | None:
-    """When train.py (index or working tree) differs from HEAD only because a kill cut the loop's own git
-    step short, put the best run's train.py back; returns a note, or None when there was nothing to do."""
-    best = best_record(records)
-    if best is None or TRAIN_FILE not in repo_git.changed_paths():
-        return None
-    current = (repo_git.root / TRAIN_FILE).read_text(encoding="utf-8", errors="replace")
-    known = {repo_git.show(record.commit) for record in records if record.status.kept and repo_git.exists(record.commit)}
-    if current not in known and current != repo_git.show("HEAD"):
-        return None  # the human's own edit: the dirty-tree check refuses it
-    repo_git.move_to(best.commit)
-    return f"finished the interrupted git step of run {best.run} (train.py back to its commit)"
 
 
 def place_branch(repo_git: Git, tag: str, records: list[RunRecord]) -> str | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -35,11 +34,11 @@ class WorkspaceError(Exception):
 
 
 def cache_root() -> Path:
-    """$NER_AUTORESEARCH_CACHE, else $XDG_CACHE_HOME/ner-autoresearch, else ~/.cache/ner-autoresearch."""
-    if os.environ.get("NER_AUTORESEARCH_CACHE"):
-        return Path(os.environ["NER_AUTORESEARCH_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ner-autoresearch"
+    """The per-user cache, where prepare.py writes the holdout gold: prepare.cache_dir() is its one definition,
+    so the loop can never look for the gold anywhere else."""
+    import prepare
+
+    return prepare.cache_dir()
 
 
 REPO_ID_FILE = "ner-autoresearch-id"  # in .git: a fresh clone at the same path is another repository

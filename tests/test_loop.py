@@ -323,6 +323,19 @@ def test_kill_between_row_and_keep_then_restart(repo):
     assert [row["status"] for row in rows] == ["baseline", "keep", "keep", "keep"]
 
 
+def test_a_keep_cut_short_in_its_git_step_is_finished_and_the_user_is_told(repo):
+    code, output = drive(repo, [["QUALITY", 0.7]], 2)
+    assert code == 0 and statuses(repo) == ["baseline", "keep"], output
+    kept = results(repo)[1]["commit"]
+    git(repo, "reset", "-q", "--soft", results(repo)[0]["commit"])  # HEAD moved back, train.py still run 1's
+    git(repo, "reset", "-q")
+    assert git(repo, "status", "--porcelain").strip() == "M train.py"
+    code, output = drive(repo, [], 1)
+    assert code == 0, output
+    assert "finished the interrupted git step of run 1 (train.py back to its commit)" in output
+    assert git(repo, "rev-parse", f"autoresearch/{TAG}") == kept and git(repo, "status", "--porcelain") == ""
+
+
 def test_a_run_queued_at_a_planned_stop_runs_next_session_and_is_not_called_interrupted(repo):
     # Lookahead 1: run 2 is proposed on the baseline while run 1 trains; run 1's keep makes it stale, it is
     # rebased as run 3, and --max-runs (3 rows) ends the session before run 3 starts. Each run sleeps a

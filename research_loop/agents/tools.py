@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..hygiene import code_problem, collapse_whitespace, line_problem, printable
+from ..integrity import FIXED_FILES
 from ..redact import redact
 from ..safe_io import UnsafeFile, read_text
 
 # The files view_file may open, relative to the repository root.
-READABLE_FILES = ("train.py", "program.md", "CURRENT_STATE.md", "results.tsv", "prepare.py", "evaluate.py")
+READABLE_FILES = ("train.py", "program.md", "CURRENT_STATE.md", "results.tsv", *FIXED_FILES)
 LOG_ALIAS = "run.log"  # what the model may call the last run's log, wherever the loop put it
 
 MAX_VIEW_CHARS = 60_000  # a view costs tokens on every later turn; files past this are cut
