@@ -21,10 +21,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-from seqeval.metrics.sequence_labeling import get_entities
-
 TAG_PATTERN = re.compile(r"O|[BI]-\S+")
 TAG_COLUMNS = ("predicted_ner_tags", "ner_tags")  # official prediction column first, then gold
 SHOWN_IDS = 3  # how many offending ids an error message lists
@@ -39,6 +35,8 @@ class ScoreError(Exception):
 
 def spans(tags: list[str]) -> list[tuple[str, int, int]]:
     """(type, start, end) spans with end exclusive, read as seqeval's default (conlleval) mode does."""
+    from seqeval.metrics.sequence_labeling import get_entities  # imported here: it pulls in scikit-learn
+
     return [(span_type, start, end + 1) for span_type, start, end in get_entities(list(tags))]
 
 
@@ -278,8 +276,10 @@ def format_summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def per_type_table(result: dict) -> Table:
-    """A rich table of strict and relaxed P/R/F1 for each type and overall."""
+def per_type_table(result: dict):
+    """A rich table of strict and relaxed P/R/F1 for each type and overall (rich: the command line's only)."""
+    from rich.table import Table
+
     table = Table(title="per type")
     table.add_column("type")
     for mode in ("strict", "relaxed"):
@@ -327,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: --subset: scored {len(scored_gold)} of {len(gold)} gold rows", file=sys.stderr)
     try:
         print(format_summary(result))
+        from rich.console import Console
+
         Console(width=110, file=sys.stdout).print(per_type_table(result))
         sys.stdout.flush()
     except BrokenPipeError:

@@ -507,3 +507,12 @@ def test_a_closed_pipe_ends_quietly(dev_gold, dev_csv, tmp_path):
     )
     assert shell.stdout == "strict_f1: 1.0000\n"
     assert shell.stderr == ""
+
+
+def test_importing_the_scorer_pulls_in_nothing_heavy():
+    """Its pure functions are cheap to import: rich, seqeval and scikit-learn wait until they are used."""
+    code = ("import sys, evaluate; heavy = [m for m in ('rich', 'seqeval', 'sklearn', 'numpy', 'torch') "
+            "if m in sys.modules]; print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
