@@ -22,6 +22,9 @@ from typing import Annotated
 import typer
 
 from research_loop import cli_support as support
+from research_loop.acceptance import POLICIES
+from research_loop.agents.registry import BACKENDS
+from research_loop.sandbox import SANDBOXES
 
 REPO = Path(__file__).resolve().parent
 HELP = {"help_option_names": ["-h", "--help"]}
@@ -31,18 +34,9 @@ app = typer.Typer(add_completion=False, context_settings=HELP, rich_markup_mode=
                        "`python agent_loop.py -h` shows its options; `python agent_loop.py COMMAND -h` the others'.")
 
 
-class AgentKind(str, Enum):
-    anthropic = "anthropic"
-    openai = "openai"
-    claude_code = "claude-code"
-    builtin = "builtin"
-    optuna = "optuna"
-    null = "null"
-
-
-class PolicyName(str, Enum):
-    confirm = "confirm"
-    monotonic = "monotonic"
+# The choices come from the registries: a new agent, policy or sandbox backend needs no line here.
+AgentKind = Enum("AgentKind", {name.replace("-", "_"): name for name in BACKENDS}, type=str)
+PolicyName = Enum("PolicyName", {name: name for name in POLICIES}, type=str)
 
 
 class EvalMode(str, Enum):
@@ -50,11 +44,7 @@ class EvalMode(str, Enum):
     cv = "cv"
 
 
-class SandboxKind(str, Enum):
-    auto = "auto"
-    bwrap = "bwrap"
-    unshare = "unshare"
-    none = "none"
+SandboxKind = Enum("SandboxKind", {name: name for name in ("auto", *SANDBOXES)}, type=str)
 
 
 @app.command()

@@ -12,6 +12,7 @@ trial's scored rows. bench/acceptance_sim.py measures the policies: false keeps,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist, mean
 from typing import Protocol
@@ -50,8 +51,15 @@ class Verdict:
 
 
 class AcceptancePolicy(Protocol):
+    """What the loop asks of a policy; a new one is a class with these and an entry in POLICIES."""
+
     name: str
     trials: int  # trials a confirmed run (and the baseline) gets
+    paired: bool  # compares trial by trial with the best (so a cross-validated baseline measures replicates)
+    screens: bool  # a first trial screens, the rest confirm (so only a confirming trial predicts test rows)
+
+    def detectable_gain(self, sd: float) -> float | None:
+        """The true gain kept with probability POWER at noise sd; None when the policy has no such figure."""
 
     def decide(self, scores: dict[int, float], keys: list[TrialKey], standing: Standing) -> Verdict: ...
 
@@ -66,6 +74,11 @@ class Monotonic:
 
     name: str = "monotonic"
     trials: int = 1
+    paired: bool = False
+    screens: bool = False
+
+    def detectable_gain(self, sd: float) -> float | None:
+        return None  # one trial, any gain: no figure to give
 
     def decide(self, scores: dict[int, float], keys: list[TrialKey], standing: Standing) -> Verdict:
         if 0 not in scores:
@@ -87,6 +100,7 @@ class Confirm:
     alpha: float = 0.01
     paired: bool = True
     name: str = "confirm"
+    screens: bool = True
 
     def margin(self, n: int, n_best: int, sd: float) -> float:
         """The smallest gain that counts for means over n (and n_best) trials."""
@@ -156,8 +170,7 @@ def estimate_noise(policy: AcceptancePolicy, baseline: list[float], confirmed_sc
     baseline's second-seed trials give paired differences of their own (replicate_differences). Never below
     `floor`."""
     unpaired, unpaired_df = pooled_sd([calibration, baseline, *(scores[1:] for scores in confirmed_scores)])
-    paired = getattr(policy, "paired", False)
-    if paired:
+    if policy.paired:
         groups = [differences[1:] for differences in confirmed_differences] + [list(replicate_differences)]
         measured, df = pooled_sd(groups)
         if measured is not None and df >= MIN_PAIRED_DF:
@@ -176,14 +189,23 @@ def estimate_noise(policy: AcceptancePolicy, baseline: list[float], confirmed_sc
 
 def make_policy(name: str, trials: int = 3, min_delta: float = 0.0, alpha: float = 0.01,
                 paired: bool = True) -> AcceptancePolicy:
-    """The policy for --policy / --seeds (or --folds) / --min-delta."""
-    if name == "monotonic":
-        return Monotonic()
-    if name == "confirm":
-        if trials < 2:
-            raise ValueError("--policy confirm needs 2 or more seeds (or folds)")
-        return Confirm(trials=trials, min_delta=min_delta, alpha=alpha, paired=paired)
-    raise ValueError(f"unknown policy {name!r}: choose monotonic or confirm")
+    """The policy for --policy / --seeds (or --folds) / --min-delta, from POLICIES."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}: choose {' or '.join(POLICIES)}")
+    return POLICIES[name](trials=trials, min_delta=min_delta, alpha=alpha, paired=paired)
+
+
+def _confirm(trials: int, min_delta: float, alpha: float, paired: bool) -> Confirm:
+    if trials < 2:
+        raise ValueError("--policy confirm needs 2 or more seeds (or folds)")
+    return Confirm(trials=trials, min_delta=min_delta, alpha=alpha, paired=paired)
+
+
+# --policy NAME -> a builder taking (trials, min_delta, alpha, paired); a new policy is one more line here.
+POLICIES: dict[str, Callable[..., AcceptancePolicy]] = {
+    "confirm": _confirm,
+    "monotonic": lambda **_: Monotonic(),
+}
 
 
 def night_noise(policy: AcceptancePolicy, records: list, full_trials: int, calibration: list[float],

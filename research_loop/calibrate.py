@@ -207,11 +207,11 @@ def summarise(tag: str, commit: str, seeds: list[int], scores: list[TrialScore],
     loop's own estimate from these scores alone, so never below the floor)."""
     strict = [score.strict for score in scores]
     noise = estimate_noise(policy, [], [], [], strict, noise_floor)
-    detectable = getattr(policy, "detectable_gain", None)
+    detectable = policy.detectable_gain(noise.sd)
     return {
         "tag": tag, "commit": commit, "seeds": seeds, "scores": strict, "relaxed": [score.relaxed for score in scores],
         "mean": mean(strict), "sd": stdev(strict), "policy": policy.name, "policy_seeds": policy.trials,
-        "detectable_gain": detectable(noise.sd) if detectable else None, "noise_floor": noise_floor,
+        "detectable_gain": detectable, "noise_floor": noise_floor,
         "timestamp": now_iso(), "noise": {"sd": noise.sd, "source": noise.source},
         "train_options": train_options, "sandbox": backend,
     }

@@ -160,11 +160,11 @@ def night_base(repo: Path, night: dict, from_ref: str | None) -> tuple[str | Non
 def make_agent(repo: Path, options: RunOptions, tag: str):
     import prepare
 
-    from .agents.registry import AgentOptions
+    from .agents.registry import BACKENDS, AgentOptions
     from .agents.registry import make_agent as build
 
     labels, types, aux = (), (), ()
-    if options.agent in ("builtin", "optuna"):
+    if options.agent in BACKENDS and BACKENDS[options.agent].needs_labels:
         try:
             labels, types = prepare.load_labels(repo / "data"), prepare.load_entity_types(repo / "data")
             aux = prepare.aux_names(repo / "data")
@@ -194,6 +194,17 @@ def check_new_settings(repo: Path, config, night: dict) -> None:
                    config.allow_unsandboxed, ws.jobs_root, private)
 
 
+def check_sandbox(config) -> None:
+    """A sandbox works here (or the night may run unsandboxed), before the agent is asked anything."""
+    from . import sandbox
+    from .preflight import PreflightError
+
+    try:
+        sandbox.choose(config.sandbox, config.allow_unsandboxed)
+    except sandbox.SandboxError as exc:
+        raise PreflightError(str(exc)) from None
+
+
 def run_night(repo: Path, options: RunOptions, echo: Echo) -> int:
     """Every check before anything is created (another loop, the options, data/, the --set values, the
     agent), then the night, then where its best train.py is."""
@@ -210,6 +221,7 @@ def run_night(repo: Path, options: RunOptions, echo: Echo) -> int:
         config.base, config.from_branch = night_base(repo, night, options.from_ref)
         ensure_data(repo, options.source, echo)
         check_new_settings(repo, config, night)
+        check_sandbox(config)
         agent = make_agent(repo, options, tag)
         check_agent(agent)
         if options.mlflow_uri is not None:

@@ -4,7 +4,6 @@ is logged as a crash on restart)."""
 
 from __future__ import annotations
 
-from .acceptance import Confirm
 from .executors import Ticket
 from .jobs import Job
 from .trial import Trial
@@ -13,7 +12,7 @@ from .trial import Trial
 def predicts_test(session, trial: Trial, index: int) -> bool:
     """Test rows are long and only a kept run needs their predictions: the baseline's first trial, and the
     first confirming trial of a candidate that passed the screen (never a screened-out run)."""
-    return (session.files.views.has_test and isinstance(session.policy, Confirm)
+    return (session.files.views.has_test and session.policy.screens
             and index == (0 if trial.candidate.is_baseline else 1))
 
 

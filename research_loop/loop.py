@@ -158,7 +158,7 @@ def _run(config: LoopConfig, agent: Agent, ws: Workspace, files, executor, base:
     keys, replicates = trial_keys(plan), replicate_keys(plan)
     progress = Progress(ws.tag, enabled=config.progress, unit="fold" if config.eval_mode == "cv" else "seed")
     stop = StopControl(ws.repo, budget, progress.note)
-    session = Session(ws, files, agent, config.policy, keys, replicates if getattr(config.policy, "paired", False)
+    session = Session(ws, files, agent, config.policy, keys, replicates if config.policy.paired
                       else [], stop, budget, progress, config.tracker, executor,
                       close_after=config.close_after, check_duplicates=config.check_duplicates,
                       records=list(files.records), noise_floor=1.0 / files.views.fold_span_count())

@@ -175,7 +175,9 @@ def choose_sandbox(config: NightConfig, notes: list[str]) -> tuple[str, str]:
     if backend == "none":
         why = "; ".join(passed_over) if passed_over else "--sandbox none"
         note = f"UNSANDBOXED: train.py runs with your user's powers ({why})"
-        notes.append(note + ("" if config.agent in ("builtin", "null", "optuna") else "; you asked for it with --no-sandbox"))
+        from .agents.registry import writes_code
+
+        notes.append(note + ("; you asked for it with --no-sandbox" if writes_code(config.agent) else ""))
         return backend, note
     if passed_over:
         notes.append(f"sandbox: {backend} ({'; '.join(passed_over)})")

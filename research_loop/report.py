@@ -370,7 +370,7 @@ def build_report(repo: Path, tag: str | None = None) -> Report:
     night = ws.night()
     baseline, best = state.baseline_record(records), state.best_record(records)
     planned = int(night.get("trials") or (baseline.trials if baseline else 1) or 1)
-    full_trials = 1 if night.get("policy") == "monotonic" else planned
+    full_trials = planned  # night.json's trials: what the night's policy gives a confirmed run
     gold, floor = holdout_gold(repo), noise_floor(repo, night)
     entries = holdout_entries(repo, tag, gold)
     comparisons = trust.compare(best, baseline, entries, list(records[0].per_type))

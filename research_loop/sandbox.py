@@ -27,6 +27,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -277,11 +278,27 @@ def none_argv(spec: SandboxSpec) -> list[str]:
     return _limits_prefix(spec) + ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in spec.env.items()), *spec.command]
 
 
-ARGV = {"bwrap": bwrap_argv, "unshare": unshare_argv, "none": none_argv}
+@dataclass(frozen=True)
+class SandboxBackend:
+    """One `--sandbox NAME`: the command line that runs a job in it, and what it needs installed."""
+
+    argv: Callable[[SandboxSpec], list[str]]
+    program: str | None  # the executable it needs (None: nothing to isolate with)
+    install_hint: str = ""
+    isolates: bool = True  # False: train.py runs with the user's powers (only with --no-sandbox)
+
+
+# --sandbox NAME -> its backend, best first (auto takes the first that works); a new one is a function
+# building its argv and one line here.
+SANDBOXES: dict[str, SandboxBackend] = {
+    "bwrap": SandboxBackend(bwrap_argv, "bwrap", "apt install bubblewrap"),
+    "unshare": SandboxBackend(unshare_argv, "unshare", "util-linux"),
+    "none": SandboxBackend(none_argv, None, isolates=False),
+}
 
 
 def launch_argv(backend: str, spec: SandboxSpec) -> list[str]:
-    return ARGV[backend](spec)
+    return SANDBOXES[backend].argv(spec)
 
 
 # ----- Which backend works here -----
@@ -299,12 +316,11 @@ def systemd_scope_works() -> bool:
 @functools.cache
 def probe(backend: str) -> str | None:
     """None when the backend can run a sandboxed command here, else why not (one line)."""
-    if backend == "none":
+    entry = SANDBOXES[backend]
+    if not entry.isolates:
         return None
-    if backend == "bwrap" and not shutil.which("bwrap"):
-        return "bwrap is not installed (apt install bubblewrap)"
-    if backend == "unshare" and not shutil.which("unshare"):
-        return "unshare (util-linux) is not installed"
+    if entry.program and not shutil.which(entry.program):
+        return f"{entry.program} is not installed ({entry.install_hint})"
     with tempfile.TemporaryDirectory(prefix="ner-autoresearch-probe-") as folder:
         workspace = Path(folder)
         (workspace / "out").mkdir()
@@ -323,17 +339,17 @@ def probe(backend: str) -> str | None:
 
 def choose(requested: str, allow_none: bool) -> tuple[str, list[str]]:
     """The backend to use and why the better ones were passed over. requested: auto, bwrap, unshare or none."""
-    if requested == "none":
+    if requested in SANDBOXES and not SANDBOXES[requested].isolates:
         if not allow_none:
-            raise SandboxError("--sandbox none is only allowed with --no-sandbox")
-        return "none", []
-    if requested in ("bwrap", "unshare"):
+            raise SandboxError(f"--sandbox {requested} is only allowed with --no-sandbox")
+        return requested, []
+    if requested in SANDBOXES and SANDBOXES[requested].isolates:
         why = probe(requested)
         if why:
             raise SandboxError(f"--sandbox {requested}: {why}")
         return requested, []
     reasons = []
-    for backend in ("bwrap", "unshare"):
+    for backend in (name for name, entry in SANDBOXES.items() if entry.isolates):
         why = probe(backend)
         if why is None:
             return backend, reasons

@@ -78,10 +78,11 @@ class Session:
         if self.baseline() is None:
             return ""
         noise = self.noise()
-        what = "paired differences" if getattr(self.policy, "paired", False) else "strict F1 between trials"
+        what = "paired differences" if self.policy.paired else "strict F1 between trials"
         line = f"Noise (sd of {what}): {noise.describe()}"
-        if hasattr(self.policy, "detectable_gain"):
-            line += f"; the smallest gain kept 80% of the time: {self.policy.detectable_gain(noise.sd):+.4f}"
+        detectable = self.policy.detectable_gain(noise.sd)
+        if detectable is not None:
+            line += f"; the smallest gain kept 80% of the time: {detectable:+.4f}"
         return line + "."
 
     # ----- what the agent sees -----
@@ -127,7 +128,7 @@ class Session:
         night = self.ws.night()
         evaluation = (f"{night.get('folds')}-fold cross-validation over train and val" if self.unit == "fold"
                       else "val")
-        pairing = " paired" if getattr(self.policy, "paired", False) else ""
+        pairing = " paired" if self.policy.paired else ""
         policy_line = (f"Acceptance: {self.policy.name}{pairing} ({self.full_trials} {self.unit}s; strict F1 on "
                        f"{evaluation}).")
         run_budget = night.get("run_budget_s")

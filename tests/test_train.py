@@ -503,6 +503,7 @@ def test_the_command_line_holds_only_the_loops_options(capsys):
         "limit": None,
         "fold": None,
         "deadline": 0.0,
+        "check": False,
     }
     given = train.parse_args(["--seed", "7", "--limit", "5", "--fold", "2", "--deadline", "1750000000.5"])
     assert (given.seed, given.limit, given.fold, given.deadline) == (7, 5, 2, 1750000000.5)
@@ -833,3 +834,17 @@ def test_transfer_from_auxiliary_sets(task7_with_aux, tmp_path, monkeypatch, cap
     assert summary["config"]["AUX_DATASETS"] == aux_sets and summary["config"]["TRANSFER_MODE"] == mode
     check_predictions(task7_with_aux, out, splits=("val",))  # the target's labels, not the aux sets'
     assert summary_block(log)["epochs"] == "1.00"
+
+
+def test_check_names_every_bad_setting_at_once_and_loads_no_model(prepared_task7, monkeypatch, capsys):
+    for name, value in (("LEARNING_RATE", "abc"), ("BATCH_SIZE", 0), ("SCHEDULE", "steps"), ("THRESHOLDS", [1])):
+        monkeypatch.setattr(train, name, value)
+    monkeypatch.setattr(train, "load_model", lambda *a: pytest.fail("--check must not load a model"))
+    assert train.main(["--check", "--data", str(prepared_task7)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "\n" not in error
+    for name in ("LEARNING_RATE", "BATCH_SIZE", "SCHEDULE", "THRESHOLDS"):
+        assert name in error, error
+    monkeypatch.undo()
+    assert train.main(["--check", "--data", str(prepared_task7)]) == 0
+    assert capsys.readouterr().out.strip() == "config: ok"
