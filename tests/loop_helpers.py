@@ -19,6 +19,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = (
     "prepare.py",
     "evaluate.py",
+    "runtime.py",
     "train.py",
     "program.md",
     "agent_loop.py",

@@ -20,6 +20,7 @@ import torch
 from transformers import AutoTokenizer
 
 import prepare
+import runtime
 import train
 from evaluate import score, spans
 
@@ -31,7 +32,7 @@ LABEL_IDS = {label: i for i, label in enumerate(LABELS)}
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(train.resolve_model("minilm"), add_prefix_space=True)
+    return AutoTokenizer.from_pretrained(runtime.resolve_model("minilm"), add_prefix_space=True)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -257,8 +258,8 @@ def test_boundary_trim_strips_articles_and_trailing_punctuation(monkeypatch):
 
 
 def test_minilm_alias_is_the_bundled_encoder():
-    assert (Path(train.resolve_model("minilm")) / "config.json").is_file()
-    assert train.resolve_model("microsoft/deberta-large") == "microsoft/deberta-large"
+    assert (Path(runtime.resolve_model("minilm")) / "config.json").is_file()
+    assert runtime.resolve_model("microsoft/deberta-large") == "microsoft/deberta-large"
 
 
 def tiny_forward_backward(model) -> torch.Tensor:
@@ -311,7 +312,7 @@ def test_deberta_v1_trains_under_bf16_autocast_only_with_the_fix(monkeypatch):
     with pytest.raises(RuntimeError, match="overflow"):
         tiny_forward_backward(model)
 
-    train.patch_deberta_autocast()
+    runtime.patch_deberta_autocast()
     model.zero_grad()
     loss = tiny_forward_backward(model)
     assert torch.isfinite(loss)
@@ -368,7 +369,7 @@ def one_task(windows: list[dict], epochs: int, weights=None, head=None, name="ta
     return train.Task(name, windows, head, train.LEARNING_RATE, epochs, weights)
 
 
-NO_DEADLINE = train.Deadline(0, 0)
+NO_DEADLINE = runtime.Deadline(0, 0)
 
 
 def test_training_learns_and_is_seeded(monkeypatch, one_thread):
@@ -397,9 +398,9 @@ def test_training_learns_and_is_seeded(monkeypatch, one_thread):
 
 
 def test_the_deadline_keeps_time_for_prediction():
-    assert not train.Deadline(0, 10**12).should_stop()  # no deadline
-    assert train.Deadline(time.time() + 3, 0).should_stop()  # inside the margin before anything ran
-    deadline = train.Deadline(time.time() + 60, predict_tokens=1000)
+    assert not runtime.Deadline(0, 10**12).should_stop()  # no deadline
+    assert runtime.Deadline(time.time() + 3, 0).should_stop()  # inside the margin before anything ran
+    deadline = runtime.Deadline(time.time() + 60, predict_tokens=1000)
     assert not deadline.should_stop()
     deadline.record(step_seconds=20.0, pass_seconds=19.0, tokens=100)  # the first step warms up: left out of
     assert not deadline.should_stop()  # the estimate, but a second step runs only if one as slow still fits
@@ -408,14 +409,14 @@ def test_the_deadline_keeps_time_for_prediction():
     assert not deadline.should_stop()
     deadline.predict_tokens = 10_000  # about 80 s of prediction no longer fits
     assert deadline.should_stop()
-    slow_start = train.Deadline(time.time() + 20, predict_tokens=0)
+    slow_start = runtime.Deadline(time.time() + 20, predict_tokens=0)
     slow_start.record(step_seconds=16.0, pass_seconds=15.0, tokens=100)
     assert slow_start.should_stop()
 
 
 def test_training_stops_for_the_deadline_after_a_fraction_of_an_epoch(one_thread, capsys):
     task = one_task(random_windows(40), 4)
-    deadline = train.Deadline(time.time() + 60, predict_tokens=10**12)  # prediction would take forever
+    deadline = runtime.Deadline(time.time() + 60, predict_tokens=10**12)  # prediction would take forever
     stats = train.train(tiny_bert(), [task], torch.device("cpu"), 0, 42, deadline)
     # The first step warms up; the second measures the speed, which says: stop.
     assert stats["stopped_by_deadline"] and stats["steps"] == 2 and stats["planned_steps"] == 20
@@ -490,12 +491,12 @@ def test_mc_dropout_blends_sampled_passes_into_the_prediction(monkeypatch, one_t
 
 
 def config_block(source: str) -> list[str]:
-    """The lines of train.py's config block: from its banner to the first class."""
-    return source[source.index("# ----- Config") : source.index("\nclass ")].strip().splitlines()[1:]
+    """The lines of train.py's config block: from its banner to the next section's."""
+    return source[source.index("# ----- Config") : source.index("# ----- Checks")].strip().splitlines()[1:]
 
 
 def test_the_command_line_holds_only_the_loops_options(capsys):
-    assert vars(train.parse_args([])) == {
+    assert vars(runtime.parse_args([])) == {
         "out": Path("runs/manual"),
         "seed": 42,
         "data": prepare.DATA_DIR,
@@ -505,11 +506,11 @@ def test_the_command_line_holds_only_the_loops_options(capsys):
         "deadline": 0.0,
         "check": False,
     }
-    given = train.parse_args(["--seed", "7", "--limit", "5", "--fold", "2", "--deadline", "1750000000.5"])
+    given = runtime.parse_args(["--seed", "7", "--limit", "5", "--fold", "2", "--deadline", "1750000000.5"])
     assert (given.seed, given.limit, given.fold, given.deadline) == (7, 5, 2, 1750000000.5)
     for old in (["--model", "minilm"], ["--epochs", "1"], ["--lr", "1e-4"]):
         with pytest.raises(SystemExit) as exited:
-            train.parse_args(old)
+            runtime.parse_args(old)
         assert exited.value.code == 2
         assert f"unrecognized arguments: {' '.join(old)}" in capsys.readouterr().err
     source = (REPO / "train.py").read_text(encoding="utf-8")
@@ -848,3 +849,43 @@ def test_check_names_every_bad_setting_at_once_and_loads_no_model(prepared_task7
     monkeypatch.undo()
     assert train.main(["--check", "--data", str(prepared_task7)]) == 0
     assert capsys.readouterr().out.strip() == "config: ok"
+
+
+BEFORE_THE_RUNTIME_MOVE = "0b34034a6217e6584533ece2ba65b6d99e9280d2"  # train.py with its plumbing inside
+
+
+def test_the_same_seed_predicts_the_same_bytes_as_before_the_plumbing_moved(prepared_task7, tmp_path):
+    """runtime.py took train.py's command line, device, model loading, precision, deadline and summary: the
+    same seed gives byte-identical predictions on CPU with the train.py from before the move."""
+    from loop_helpers import data_without_test_rows
+
+    from research_loop.config_block import set_constant
+
+    project = Path(__file__).resolve().parents[1]
+    shown = subprocess.run(["git", "cat-file", "-e", BEFORE_THE_RUNTIME_MOVE], cwd=project, check=False)
+    if shown.returncode != 0:
+        pytest.skip("this clone has no history back to the commit before the move")
+    data = data_without_test_rows(prepared_task7, tmp_path / "data")
+    outputs = {}
+    for when in ("before", "after"):
+        folder = tmp_path / when
+        folder.mkdir()
+        for name in ("train.py", "prepare.py", "evaluate.py", "runtime.py"):
+            if when == "before":
+                done = subprocess.run(["git", "show", f"{BEFORE_THE_RUNTIME_MOVE}:{name}"], cwd=project,
+                                      capture_output=True, text=True, check=False)
+                if done.returncode == 0:
+                    (folder / name).write_text(done.stdout)
+            else:
+                shutil.copy2(project / name, folder / name)
+        text = (folder / "train.py").read_text()
+        for knob, value in (("MODEL_NAME", "minilm"), ("EPOCHS", 1)):
+            text = set_constant(text, knob, value)
+        (folder / "train.py").write_text(text)
+        run = subprocess.run([sys.executable, "train.py", "--out", "out", "--seed", "7", "--data", str(data),
+                              "--limit", "16", "--device", "cpu"], cwd=folder, capture_output=True, text=True,
+                             timeout=900, check=False)
+        assert run.returncode == 0, run.stderr[-2000:]
+        outputs[when] = {name: (folder / "out" / name).read_bytes() for name in ("pred_val.jsonl", "pred_holdout.jsonl")}
+    assert not (tmp_path / "before" / "runtime.py").exists()
+    assert outputs["after"] == outputs["before"]
