@@ -10,7 +10,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .records import PLAIN_CELLS_MARKER, RecordError, RunRecord, columns_for, entity_types_in
+from .records import PLAIN_CELLS_MARKER, RecordError, RunRecord, columns_for, entity_types_in, escape_cell
 from .safe_io import UnsafeFile, append_durably, open_no_follow, read_bytes, write_atomically
 
 RESULTS_FILE = "results.tsv"
@@ -110,6 +110,25 @@ class Ledger:
             data = ("\t".join(header) + "\n").encode("utf-8") + data
         append_durably(self.path, data)
         append_durably(self.mirror, data)
+
+    def migrate(self) -> list[str]:
+        """An older night's results.tsv gets the columns added since, in place (empty cells in its rows, the
+        same bytes in the mirror), so a resumed night records them instead of dropping them. Returns the
+        columns added."""
+        header = header_of(self.path)
+        if not header:
+            return []
+        missing = [column for column in columns_for(entity_types_in(header)) if column not in header]
+        if not missing:
+            return []
+        _, rows = parse(read_bytes(self.path))
+        columns = [*header, *missing]  # with the new columns, cells are written plain (escaped), never quoted
+        text = "\t".join(columns) + "\n" + "".join(
+            "\t".join(escape_cell(row.get(column) or "") for column in columns) + "\n" for row in rows)
+        data = text.encode("utf-8")
+        write_atomically(self.path, data)
+        write_atomically(self.mirror, data)
+        return missing
 
     def drop_partial_row(self) -> bool:
         """Cut a last line that a kill left without its newline (an unfinished append); True when it did."""

@@ -165,6 +165,9 @@ def check_results(ledger: Ledger, ws: Workspace, notes: list[str]) -> None:
     ledger.adopt()
     if ledger.drop_partial_row():
         notes.append("results.tsv: dropped an unfinished last line (the loop was killed mid-write)")
+    added = ledger.migrate()
+    if added:
+        notes.append(f"results.tsv: added the columns {', '.join(added)} (written by an older version)")
 
 
 def choose_sandbox(config: NightConfig, notes: list[str]) -> tuple[str, str]:

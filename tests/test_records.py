@@ -2,6 +2,7 @@
 a kill's half line dropped, rows the loop did not write noticed and put back; CURRENT_STATE.md from records."""
 
 import csv
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -122,3 +123,25 @@ def test_current_state_shows_one_number_per_run_with_its_trial_count():
     # The one-seed 0.60 does not count as the direction's best: only confirmed means do.
     assert "| loss | 3 | 0.5500 | +0.0500 | 2 |" in text
     assert "exit code 1: boom" in text and "runs 4 of 10" in text
+
+
+def test_an_old_results_file_gets_the_new_columns_in_place_and_keeps_every_cell(tmp_path):
+    """A night resumed on a results.tsv from an older version records the columns added since, instead of
+    dropping them: the real old file (CSV-quoted cells, no device/sandbox/... columns) is migrated in place."""
+    from research_loop.ledger import header_of, read_records
+    from research_loop.records import NEW_COLUMNS
+
+    book = ledger(tmp_path)
+    shutil.copy2(OLD_FILE, book.path)
+    before = read_records(book.path)
+    book.adopt()
+    assert book.migrate() == NEW_COLUMNS
+    assert header_of(book.path)[-len(NEW_COLUMNS):] == NEW_COLUMNS
+    after = read_records(book.path)
+    assert [record.to_cells(["ClinicalImpacts", "SocialImpacts"]) for record in after] == [
+        record.to_cells(["ClinicalImpacts", "SocialImpacts"]) for record in before]
+    assert book.problem() is None and book.migrate() == []  # the mirror holds the same bytes; done once
+    new = record(len(after), device="cuda:0", sandbox="bwrap")
+    book.append(new)
+    last = read_records(book.path)[-1]
+    assert (last.device, last.sandbox) == ("cuda:0", "bwrap")
