@@ -144,8 +144,8 @@ class Trial:
     running: set[int] = field(default_factory=set)
 
     def scores(self) -> dict[int, float]:
-        """Per trial strict F1, rounded as results.tsv logs it, so the best (read back) compares like for like."""
-        return {index: round(outcome.trial_score.strict, 6) for index, outcome in self.done.items() if outcome.ok}
+        """Per trial strict F1 as scored (the policy compares it with the best's at results.tsv's precision)."""
+        return {index: outcome.trial_score.strict for index, outcome in self.done.items() if outcome.ok}
 
     def failure(self) -> TrialOutcome | None:
         failed = [outcome for outcome in self.done.values() if not outcome.ok]
