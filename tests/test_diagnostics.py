@@ -1,0 +1,103 @@
+"""The error breakdown (research_loop/diagnostics.py) on hand-built gold/prediction pairs, one per category,
+and against the fixed scorer's own per-type precision and recall on the real val rows."""
+
+import json
+
+import pytest
+from loop_helpers import lexicon_tags
+
+import evaluate
+from research_loop import diagnostics
+
+TYPES = ["A", "B"]
+
+
+def counts(gold, pred):
+    """The breakdown of one row: gold and predicted tags as space-separated strings."""
+    return diagnostics.breakdown({"r": gold.split()}, {"r": pred.split()}, evaluate.spans, TYPES)
+
+
+def nonzero(entry):
+    return {name: value for name, value in entry.items() if value and name != "confused_as"}
+
+
+@pytest.mark.parametrize(
+    "gold, pred, expected",
+    [
+        ("B-A I-A O", "B-A I-A O", {"exact": 1}),
+        ("B-A I-A I-A", "B-A I-A O", {"too_short": 1}),
+        ("O B-A I-A O", "O O B-A O", {"too_short": 1}),
+        ("O B-A O", "B-A I-A O", {"too_long": 1}),
+        ("B-A I-A O O", "O B-A I-A O", {"shifted": 1}),
+        ("B-A I-A O", "O O O", {"missed": 1}),
+        ("O I-A O", "O O O", {"missed": 1}),  # seqeval reads a lone I-A as a span
+    ],
+    ids=["exact", "too short", "too short (late start)", "too long", "shifted", "missed", "missed (I- start)"],
+)
+def test_each_gold_span_falls_in_exactly_one_category(gold, pred, expected):
+    result = counts(gold, pred)
+    predicted = len(evaluate.spans(pred.split()))
+    assert nonzero(result["A"]) == {"gold": 1, **({"predicted": predicted} if predicted else {}), **expected}
+    assert nonzero(result["B"]) == {}
+
+
+def test_a_span_of_the_wrong_type_is_type_confusion_not_spurious():
+    result = counts("B-A I-A O", "B-B I-B O")
+    assert nonzero(result["A"]) == {"gold": 1, "type_confusion": 1}
+    assert result["A"]["confused_as"] == {"B": 1}
+    assert nonzero(result["B"]) == {"predicted": 1}  # overlaps a gold span, so not spurious
+
+
+def test_a_prediction_overlapping_no_gold_span_is_spurious_under_its_own_type():
+    result = counts("B-A O O O", "B-A O B-B O")
+    assert nonzero(result["A"]) == {"gold": 1, "predicted": 1, "exact": 1}
+    assert nonzero(result["B"]) == {"predicted": 1, "spurious": 1}
+
+
+def test_a_span_predicted_in_two_pieces_counts_once_by_its_larger_piece():
+    result = counts("B-A I-A I-A I-A O", "B-A O B-A I-A I-A")  # pieces 0-1 and 2-5: the larger runs past the end
+    assert nonzero(result["A"]) == {"gold": 1, "predicted": 2, "shifted": 1}
+
+
+def test_the_same_type_wins_over_a_larger_overlap_of_another_type():
+    result = counts("B-A I-A I-A O", "B-B I-B B-A O")
+    assert nonzero(result["A"]) == {"gold": 1, "predicted": 1, "too_short": 1}
+    assert nonzero(result["B"]) == {"predicted": 1}
+
+
+def test_rows_add_up_and_a_change_is_count_by_count():
+    rows_gold = {"1": "B-A I-A O".split(), "2": "O B-B O".split()}
+    first = diagnostics.breakdown(rows_gold, {"1": "B-A O O".split(), "2": "O B-B O".split()}, evaluate.spans, TYPES)
+    second = diagnostics.breakdown(rows_gold, {"1": "B-A I-A O".split(), "2": "O O O".split()}, evaluate.spans, TYPES)
+    both = diagnostics.add(first, second)
+    assert both["A"]["gold"] == 2 and both["A"]["exact"] == 1 and both["A"]["too_short"] == 1
+    change = diagnostics.difference(second, first)
+    assert nonzero(change["A"]) == {"exact": 1, "too_short": -1}
+    assert nonzero(change["B"]) == {"predicted": -1, "exact": -1, "missed": 1}
+    lines = diagnostics.table(change, TYPES, signed=True)
+    assert lines[0].split("|")[1:-1] == [" type ", " gold ", " predicted ", " exact ", " too short ", " too long ",
+                                         " shifted ", " type confusion ", " missed ", " spurious "]
+    assert lines[2] == "| A | +0 | +0 | +1 | -1 | +0 | +0 | +0 | +0 | +0 |"
+    assert lines[-1] == "| all | +0 | -1 | +0 | -1 | +0 | +0 | +0 | +1 | +0 |"
+
+
+def test_on_real_val_rows_the_counts_give_the_scorers_own_precision_and_recall(prepared_task7):
+    read = lambda name: [json.loads(line) for line in (prepared_task7 / name).read_text().splitlines() if line]
+    train, val = read("train.jsonl"), read("val.jsonl")
+    gold = {row["id"]: row["tags"] for row in val}
+    predicted = {row["id"]: lexicon_tags(train, row["tokens"]) for row in val}
+    types = json.loads((prepared_task7 / "manifest.json").read_text())["entity_types"]
+    result = diagnostics.breakdown(gold, predicted, evaluate.spans, types)
+    scored = evaluate.score_rows(gold, predicted)["strict"]["per_type"]
+    for name in types:
+        entry = result[name]
+        assert sum(entry[category] for category in diagnostics.GOLD_CATEGORIES) == entry["gold"]
+        assert entry["exact"] / entry["gold"] == pytest.approx(scored[name]["recall"])
+        assert entry["exact"] / entry["predicted"] == pytest.approx(scored[name]["precision"])
+    every = diagnostics.total(result)
+    assert every["exact"] > 0 and every["spurious"] > 0 and every["missed"] > 0  # the lexicon errs every way
+    assert every["too_short"] + every["too_long"] + every["shifted"] > 0
+    # Counts only: nothing but type names and whole numbers.
+    text = json.dumps(result)
+    assert not any(row["id"] in text for row in val)
+    assert diagnostics.clean(json.loads(text)) == result
