@@ -191,3 +191,44 @@ LEGEND = ("Each gold span counts once: exact (same type, start and end), too sho
           "neither contains the other), type confusion (only predictions of another type overlap it), or missed "
           "(nothing overlaps it). Spurious: predicted spans that overlap no gold span. Counts only, from the fixed "
           "scorer's spans on val (in cross-validation, on each fold's held-out rows).")
+
+
+# ----- CURRENT_STATE.md: the best run's breakdown and the last run's change against it -----
+
+
+def _trials(count: int, unit: str) -> str:
+    return f"{count} {unit}{'s' if count != 1 else ''}"
+
+
+def state_lines(records: list, folders_of, keys: list, entity_types: list[str], unit: str) -> list[str]:
+    """The section of CURRENT_STATE.md (empty before the baseline has a breakdown). `folders_of(record)` gives
+    (seed, fold) -> trial folder; `keys` are the night's planned trials (a CV baseline's replicates aside)."""
+    kept = [record for record in records if record.status.kept]
+    if not kept:
+        return []
+    best = kept[-1]
+    best_trials = trial_breakdowns(folders_of(best))
+    best_keys = [key for key in best.trial_keys if key in keys]
+    best_counts = summed(best_trials, best_keys)
+    if best_counts is None:
+        return []
+    lines = ["## Where the best run's errors are", "", LEGEND, "",
+             f"Run {best.run}, summed over its {_trials(len(best_keys), unit)}:", "",
+             *table(best_counts, entity_types), ""]
+    scored = [record for record in records if record.status.scored and record.seed_scores]
+    last = scored[-1] if scored else None
+    if last is best and len(kept) > 1:
+        other, against, label = best, kept[-2], f"Run {best.run} (kept) against the best before it, run {kept[-2].run}"
+    elif last is not None and last is not best:
+        other, against, label = last, best, f"The last scored run, run {last.run} ({last.status}), against the best"
+    else:
+        return lines
+    theirs = trial_breakdowns(folders_of(other))
+    mine = trial_breakdowns(folders_of(against)) if against is not best else best_trials
+    shared = [key for key in other.trial_keys if key in keys and key in theirs and key in mine]
+    if not shared:
+        return lines
+    change = difference(summed(theirs, shared), summed(mine, shared))
+    lines += [f"{label}, on the {_trials(len(shared), unit)} both ran (its counts minus the best's: "
+              "where the change won or lost exact spans, and which errors it traded):", "", *table(change, entity_types, signed=True), ""]
+    return lines

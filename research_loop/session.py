@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import state
+from . import diagnostics, state
 from .acceptance import AcceptancePolicy, Noise, Standing, TrialKey, night_noise
 from .agents.base import Agent, Context
 from .config_block import normalised
@@ -84,6 +84,10 @@ class Session:
             line += f"; the smallest gain kept 80% of the time: {self.policy.detectable_gain(noise.sd):+.4f}"
         return line + "."
 
+    def trial_folders(self, record: RunRecord) -> dict:
+        """(seed, fold) -> the folder of each trial the run ran."""
+        return {key: self.ws.trial_dir(record.run, index, *key) for index, key in enumerate(record.trial_keys)}
+
     # ----- what the agent sees -----
 
     def closed_directions(self) -> set[str]:
@@ -141,6 +145,8 @@ class Session:
             budget_line="; ".join(limits) + ".",
             best_train_py=self.files.git.show(best.commit) if best else None,
             entity_types=self.files.entity_types, closed=self.closed_directions(), close_after=self.close_after,
-            full_trials=self.full_trials, unit=self.unit, in_flight=in_flight)
+            full_trials=self.full_trials, unit=self.unit, in_flight=in_flight,
+            diagnostics_lines=diagnostics.state_lines(self.records, self.trial_folders, self.keys,
+                                                      self.files.entity_types, self.unit))
         write_atomically(self.ws.state_path, state.render(self.records, view))
 

@@ -58,6 +58,7 @@ class TrialOutcome:
     peak_vram_mb: float | None = None
     worker: str = ""
     predicted_test: bool = False
+    diagnostics: dict | None = None  # error counts per entity type on the scored rows (diagnostics.py)
 
     @property
     def ok(self) -> bool:
@@ -123,6 +124,7 @@ def outcome_of(result: JobResult, index: int, key: TrialKey, commit: str, folder
     else:
         try:
             outcome.score = scorer.score_file(folder / "pred_val.jsonl", gold).to_json()
+            outcome.diagnostics = scorer.breakdown(folder / "pred_val.jsonl", gold)
         except scorer.error as exc:
             outcome.kind, outcome.note = "unusable", f"unusable predictions: {exc}"
         except (ValueError, RecursionError, MemoryError, OSError) as exc:  # the scorer must never end the night

@@ -101,3 +101,64 @@ def test_on_real_val_rows_the_counts_give_the_scorers_own_precision_and_recall(p
     text = json.dumps(result)
     assert not any(row["id"] in text for row in val)
     assert diagnostics.clean(json.loads(text)) == result
+
+
+# ----- a night: trial.json, CURRENT_STATE.md, the agent's context -----
+
+
+def words(text):
+    return {word.strip(".,:;()[]{}'\"!?*`#|-").lower() for word in text.split()}
+
+
+def test_a_night_puts_the_breakdown_in_trial_json_and_current_state_and_nothing_of_val_but_counts_reaches_the_agent(
+        tmp_path, prepared_task7):
+    from loop_helpers import PROJECT, ScriptedAgent, loop_config, make_repo
+
+    from research_loop.acceptance import Monotonic
+    from research_loop.agents.prompt import first_message, system_prompt
+    from research_loop.loop import run_loop
+
+    repo = make_repo(tmp_path, prepared_task7)
+    agent = ScriptedAgent([("QUALITY", 0.9), ("QUALITY", 0.3), ("QUALITY", 0.2)])
+    run_loop(loop_config(repo, "t", max_runs=3, policy=Monotonic()), agent)
+    read = lambda name: [json.loads(line) for line in (repo / "data" / name).read_text().splitlines() if line]
+    val, holdout, train = read("val.jsonl"), read("holdout.jsonl"), read("train.jsonl")
+    types = json.loads((repo / "data" / "manifest.json").read_text())["entity_types"]
+
+    # trial.json: the counts of the fixed scorer's spans on val.
+    saved = json.loads((repo / "runs" / "t" / "0001" / "trial.json").read_text())["diagnostics"]
+    gold_spans = {name: sum(span[0] == name for row in val for span in evaluate.spans(row["tags"])) for name in types}
+    assert {name: saved[name]["gold"] for name in types} == gold_spans
+    scored = evaluate.score_files(repo / "runs" / "t" / "0001" / "pred_val.jsonl", repo / "data" / "val.jsonl")
+    assert diagnostics.total(saved)["exact"] == round(scored["strict"]["recall"] * sum(gold_spans.values()))
+
+    # CURRENT_STATE.md: the best's table (run 1, kept) and the last run's change against it.
+    state = (repo / "CURRENT_STATE.md").read_text()
+    section = state.split("## Where the best run's errors are")[1].split("\n## ")[0]
+    assert "Run 1, summed over its 1 seed:" in section
+    best_all = next(line for line in section.splitlines() if line.startswith("| all | "))
+    total = diagnostics.total(saved)
+    assert best_all == "| all | " + " | ".join(str(total[count]) for count in diagnostics.COUNTS) + " |"
+    assert "The last scored run, run 2 (discard), against the best, on the 1 seed both ran" in section
+    last = json.loads((repo / "runs" / "t" / "0002" / "trial.json").read_text())["diagnostics"]
+    change_all = [line for line in section.splitlines() if line.startswith("| all | ")][1]
+    exact_change = diagnostics.total(last)["exact"] - total["exact"]
+    assert exact_change < 0 and change_all.split(" | ")[3] == f"{exact_change:+d}"
+
+    # The agent saw it (the last proposal's context, and the prompt an LLM agent gets)...
+    context = agent.contexts[-1]
+    prompt = system_prompt(context.program_md) + first_message(context)
+    assert "## Where the best run's errors are" in context.current_state_md
+    assert "too short" in prompt and "type confusion" in prompt
+    # ...and nothing of val or the holdout but counts: no row id, no word that only val or holdout rows have.
+    seen = "\n".join([system_prompt(c.program_md) + first_message(c) + c.recent_results for c in agent.contexts])
+    ids = [row["id"] for row in val + holdout]
+    assert not [row_id for row_id in ids if row_id in seen]
+    known = words((PROJECT / "program.md").read_text() + context.train_py + context.task_card)
+    for source in (PROJECT / "research_loop").rglob("*.py"):
+        known |= words(source.read_text())
+    known |= {token.lower() for row in train for token in row["tokens"]}
+    only_there = {token.lower() for row in val + holdout for token in row["tokens"]} - known
+    only_there = {word for word in only_there if len(word) >= 4 and word.isalpha()}
+    assert len(only_there) > 100  # the check has teeth
+    assert not only_there & words(seen)
