@@ -136,6 +136,31 @@ def trial_breakdowns(folders: dict[tuple[int, int | None], Path]) -> dict[tuple[
     return out
 
 
+def run_folders(ws, record) -> dict[tuple[int, int | None], Path]:
+    """(seed, fold) -> the folder of each trial a results.tsv row ran (Workspace.trial_dir)."""
+    return {key: ws.trial_dir(record.run, index, *key) for index, key in enumerate(record.trial_keys)}
+
+
+def main_keys(record) -> list[tuple[int, int | None]]:
+    """A run's trials without a cross-validated baseline's second-seed replicates (each fold once)."""
+    keys, folds = [], set()
+    for seed, fold in record.trial_keys:
+        if fold is None or fold not in folds:
+            keys.append((seed, fold))
+            folds.add(fold)
+    return keys
+
+
+def compared(ws, new, old) -> tuple[dict, dict, int] | None:
+    """Two runs' breakdowns summed over the main trials both ran (like for like), and how many those are."""
+    mine, theirs = trial_breakdowns(run_folders(ws, new)), trial_breakdowns(run_folders(ws, old))
+    old_keys = set(main_keys(old))
+    shared = [key for key in main_keys(new) if key in old_keys and key in mine and key in theirs]
+    if not shared:
+        return None
+    return summed(mine, shared), summed(theirs, shared), len(shared)
+
+
 def summed(breakdowns: dict, keys) -> dict | None:
     """The sum over the given trials (None when one of them has no breakdown)."""
     keys = list(keys)

@@ -84,10 +84,6 @@ class Session:
             line += f"; the smallest gain kept 80% of the time: {self.policy.detectable_gain(noise.sd):+.4f}"
         return line + "."
 
-    def trial_folders(self, record: RunRecord) -> dict:
-        """(seed, fold) -> the folder of each trial the run ran."""
-        return {key: self.ws.trial_dir(record.run, index, *key) for index, key in enumerate(record.trial_keys)}
-
     # ----- what the agent sees -----
 
     def closed_directions(self) -> set[str]:
@@ -146,7 +142,7 @@ class Session:
             best_train_py=self.files.git.show(best.commit) if best else None,
             entity_types=self.files.entity_types, closed=self.closed_directions(), close_after=self.close_after,
             full_trials=self.full_trials, unit=self.unit, in_flight=in_flight,
-            diagnostics_lines=diagnostics.state_lines(self.records, self.trial_folders, self.keys,
+            diagnostics_lines=diagnostics.state_lines(self.records, lambda record: diagnostics.run_folders(self.ws, record), self.keys,
                                                       self.files.entity_types, self.unit))
         write_atomically(self.ws.state_path, state.render(self.records, view))
 

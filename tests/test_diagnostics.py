@@ -145,6 +145,20 @@ def test_a_night_puts_the_breakdown_in_trial_json_and_current_state_and_nothing_
     exact_change = diagnostics.total(last)["exact"] - total["exact"]
     assert exact_change < 0 and change_all.split(" | ")[3] == f"{exact_change:+d}"
 
+    # The report: the baseline's counts -> the best's, per type.
+    from research_loop.report import build_report
+    from research_loop.report_render import render_markdown
+
+    report = render_markdown(build_report(repo, "t"))
+    assert "## Where the errors are: baseline -> best (run 1), val counts over 1 seed" in report
+    base = diagnostics.total(json.loads((repo / "runs" / "t" / "0000" / "trial.json").read_text())["diagnostics"])
+    lines = report.splitlines()
+    assert f"| gold | {saved[types[0]]['gold']} |" in report
+    exact = next(line for line in lines if line.startswith("| exact | "))
+    assert exact.endswith(f" | {base['exact']} -> {total['exact']} |"), exact
+    missed = next(line for line in lines if line.startswith("| missed | "))
+    assert missed.endswith(f" | {base['missed']} -> {total['missed']} |"), missed
+
     # The agent saw it (the last proposal's context, and the prompt an LLM agent gets)...
     context = agent.contexts[-1]
     prompt = system_prompt(context.program_md) + first_message(context)
