@@ -163,7 +163,8 @@ def test_a_night_puts_the_breakdown_in_trial_json_and_current_state_and_nothing_
     context = agent.contexts[-1]
     prompt = system_prompt(context.program_md) + first_message(context)
     assert "## Where the best run's errors are" in context.current_state_md
-    assert "too short" in prompt and "type confusion" in prompt
+    assert "Run 1, summed over its 1 seed:" in prompt and best_all in prompt
+    assert "## Reading where the errors are" in prompt  # program.md says how to read it
     # ...and nothing of val or the holdout but counts: no row id, no word that only val or holdout rows have.
     seen = "\n".join([system_prompt(c.program_md) + first_message(c) + c.recent_results for c in agent.contexts])
     ids = [row["id"] for row in val + holdout]
