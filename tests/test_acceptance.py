@@ -276,3 +276,24 @@ def test_a_tie_with_the_best_is_never_kept(name, resumed, tmp_path):
     ahead = tied_trial(keys, [score + 2e-6 for score in scores])
     verdict = ahead.next_step(policy, standing)
     assert verdict.action == "keep", verdict
+
+
+def test_a_no_op_that_ties_the_best_is_never_kept_in_a_night_nor_after_a_resume(tmp_path, prepared_task7):
+    """The null agent's comment-only changes score exactly the best's F1 (the fake is deterministic); at a
+    QUALITY whose F1 rounds up at results.tsv's 6 decimals, the tie used to be kept under monotonic."""
+    from loop_helpers import expected_strict_f1, fake_quality, set_constant
+
+    (tmp_path / "probe").mkdir()
+    probe = make_repo(tmp_path / "probe", prepared_task7)
+    quality = next(q / 100 for q in range(30, 96)
+                   if round(f := expected_strict_f1(probe, fake_quality(q / 100)), 6) > f and f > 0)
+    (tmp_path / "night").mkdir()
+    repo = make_repo(tmp_path / "night", prepared_task7, set_constant(FAKE_TRAIN_PY, "QUALITY", quality))
+    settings = {"policy": Monotonic(), "check_duplicates": False, "close_after": 0}
+    run_loop(config(repo, max_runs=3, **settings), NullAgent())
+    run_loop(config(repo, max_runs=2, **settings), NullAgent())  # the same command again: a resume
+    rows = results(repo)
+    assert [row["status"] for row in rows] == ["baseline"] + ["discard"] * 4, [row["note"] for row in rows]
+    assert len({row["strict_f1"] for row in rows}) == 1  # every one a tie
+    score = f"{float(rows[0]['strict_f1']):.4f}"
+    assert [row["note"] for row in rows[1:]] == [f"{score} <= best {score}"] * 4
