@@ -212,7 +212,8 @@ def error_table(report: Report) -> tuple[str, list[str], list[list[str]]]:
             cells.append(str(new) if same or count == "gold" else f"{old} -> {new}")
         rows.append([diagnostics.HEADINGS[count], *cells])
     what = "the baseline" if same else f"baseline -> best (run {report.best.run})"
-    return (f"Where the errors are: {what}, val counts over {plural(errors.trials, unit)}",
+    where = "CV" if unit == "fold" else "val"
+    return (f"Where the errors are: {what}, {where} counts over {plural(errors.trials, unit)}",
             ["spans", *names, "all"], rows)
 
 

@@ -177,3 +177,28 @@ def test_a_night_puts_the_breakdown_in_trial_json_and_current_state_and_nothing_
     only_there = {word for word in only_there if len(word) >= 4 and word.isalpha()}
     assert len(only_there) > 100  # the check has teeth
     assert not only_there & words(seen)
+
+
+def test_in_cross_validation_the_breakdown_covers_every_row_once_and_a_screened_run_is_compared_on_its_fold(
+        tmp_path, prepared_task7):
+    from loop_helpers import ScriptedAgent, loop_config, make_repo
+
+    from research_loop.acceptance import make_policy
+    from research_loop.loop import run_loop
+    from research_loop.report import build_report
+    from research_loop.report_render import render_markdown
+
+    repo = make_repo(tmp_path, prepared_task7)
+    config = loop_config(repo, "t", max_runs=3, eval_mode="cv", folds=5, policy=make_policy("confirm", trials=5))
+    run_loop(config, ScriptedAgent([("QUALITY", 0.9), ("QUALITY", 0.3)]))
+    read = lambda name: [json.loads(line) for line in (repo / "data" / name).read_text().splitlines() if line]
+    all_gold = sum(len(evaluate.spans(row["tags"])) for row in read("train.jsonl") + read("val.jsonl"))
+    state = (repo / "CURRENT_STATE.md").read_text()
+    section = state.split("## Where the best run's errors are")[1].split("\n## ")[0]
+    assert "Run 1, summed over its 5 folds:" in section
+    assert next(line for line in section.splitlines() if line.startswith("| all | ")).split(" | ")[1] == str(all_gold)
+    assert "run 2 (discard), against the best, on the 1 fold both ran" in section
+    report = render_markdown(build_report(repo, "t"))
+    # The baseline's second-seed replicates are left out: each row counted once, like for like with the best.
+    assert "baseline -> best (run 1), CV counts over 5 folds" in report
+    assert next(line for line in report.splitlines() if line.startswith("| gold | ")).endswith(f" | {all_gold} |")
