@@ -20,6 +20,7 @@ the only thing of val that trial.json, CURRENT_STATE.md, the report and the agen
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from .safe_io import read_text
@@ -216,6 +217,31 @@ LEGEND = ("Each gold span counts once: exact (same type, start and end), too sho
           "neither contains the other), type confusion (only predictions of another type overlap it), or missed "
           "(nothing overlaps it). Spurious: predicted spans that overlap no gold span. Counts only, from the fixed "
           "scorer's spans on val (in cross-validation, on each fold's held-out rows).")
+
+
+# ----- the report: the best against the baseline -----
+
+
+@dataclass(frozen=True)
+class ErrorBreakdown:
+    """The baseline's and the best's error counts per entity type on val, over the trials both ran."""
+
+    baseline: dict
+    best: dict
+    trials: int
+    entity_types: list[str]
+
+
+def error_breakdown(ws, best, baseline) -> ErrorBreakdown | None:
+    """The best run's and the baseline's records compared (Workspace ws); None when either has no breakdown
+    (a night from before trial.json kept one)."""
+    if best is None or baseline is None:
+        return None
+    found = compared(ws, best, baseline)
+    if found is None:
+        return None
+    mine, theirs, trials = found
+    return ErrorBreakdown(theirs, mine, trials, list(baseline.per_type))
 
 
 # ----- CURRENT_STATE.md: the best run's breakdown and the last run's change against it -----

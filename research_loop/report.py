@@ -135,28 +135,7 @@ class Report:
     holdout: list[dict] = field(default_factory=list)  # the loop-only holdout scorings
     agents: list[AgentRow] = field(default_factory=list)  # only when the repository has several nights
     consensus: list[ConsensusResult] = field(default_factory=list)
-    errors: ErrorBreakdown | None = None  # the best's error counts against the baseline's (diagnostics.py)
-
-
-@dataclass(frozen=True)
-class ErrorBreakdown:
-    """The baseline's and the best's error counts per entity type on val, over the trials both ran."""
-
-    baseline: dict
-    best: dict
-    trials: int
-    entity_types: list[str]
-
-
-def error_breakdown(ws: Workspace, best: RunRecord | None, baseline: RunRecord | None) -> ErrorBreakdown | None:
-    """None when either run has no breakdown (a night from before trial.json kept one)."""
-    if best is None or baseline is None:
-        return None
-    found = diagnostics.compared(ws, best, baseline)
-    if found is None:
-        return None
-    mine, theirs, trials = found
-    return ErrorBreakdown(theirs, mine, trials, list(baseline.per_type))
+    errors: diagnostics.ErrorBreakdown | None = None  # the best's error counts against the baseline's
 
 
 # ----- Reading a night -----
@@ -410,6 +389,6 @@ def build_report(repo: Path, tag: str | None = None) -> Report:
         agents=agent_rows(repo, gold),
         consensus=[consensus_result(path) for path in sorted(ws.tag_dir.glob("*/consensus/summary.json"))
                    if path.parent.parent.name.isdigit()],
-        errors=error_breakdown(ws, best, baseline))
+        errors=diagnostics.error_breakdown(ws, best, baseline))
     report.alerts = alerts(report, floor)
     return report
