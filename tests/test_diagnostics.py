@@ -145,6 +145,14 @@ def test_a_night_puts_the_breakdown_in_trial_json_and_current_state_and_nothing_
     exact_change = diagnostics.total(last)["exact"] - total["exact"]
     assert exact_change < 0 and change_all.split(" | ")[3] == f"{exact_change:+d}"
 
+    # Right after a keep, the new best is set against the best before it.
+    after_keep = agent.contexts[1].current_state_md
+    assert "Run 1 (kept) against the best before it, run 0, on the 1 seed both ran" in after_keep
+    first = json.loads((repo / "runs" / "t" / "0000" / "trial.json").read_text())["diagnostics"]
+    gained = diagnostics.total(saved)["exact"] - diagnostics.total(first)["exact"]
+    assert gained > 0 and [line for line in after_keep.splitlines()
+                           if line.startswith("| all | ")][1].split(" | ")[3] == f"{gained:+d}"
+
     # The report: the baseline's counts -> the best's, per type.
     from research_loop.report import build_report
     from research_loop.report_render import render_markdown
