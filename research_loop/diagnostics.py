@@ -280,6 +280,7 @@ def state_lines(records: list, folders_of, keys: list, entity_types: list[str], 
     if not shared:
         return lines
     change = difference(summed(theirs, shared), summed(mine, shared))
-    lines += [f"{label}, on the {_trials(len(shared), unit)} both ran (its counts minus the best's: "
-              "where the change won or lost exact spans, and which errors it traded):", "", *table(change, entity_types, signed=True), ""]
+    heading = (f"{label}, on the {_trials(len(shared), unit)} both ran (its counts minus the best's: where the "
+               "change won or lost exact spans, and which errors it traded):")
+    lines += [heading, "", *table(change, entity_types, signed=True), ""]
     return lines

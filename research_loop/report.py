@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import holdout as holdout_file
 from . import diagnostics, state, trust
+from . import holdout as holdout_file
 from .dataviews import DataViews
 from .ledger import read_records
 from .records import RunRecord, Status

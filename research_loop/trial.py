@@ -124,11 +124,15 @@ def outcome_of(result: JobResult, index: int, key: TrialKey, commit: str, folder
     else:
         try:
             outcome.score = scorer.score_file(folder / "pred_val.jsonl", gold).to_json()
-            outcome.diagnostics = scorer.breakdown(folder / "pred_val.jsonl", gold)
         except scorer.error as exc:
             outcome.kind, outcome.note = "unusable", f"unusable predictions: {exc}"
         except (ValueError, RecursionError, MemoryError, OSError) as exc:  # the scorer must never end the night
             outcome.kind, outcome.note = "unusable", f"unusable predictions: {type(exc).__name__}"
+    if outcome.score is not None:  # the error counts inform the agent; they never change a run's outcome
+        try:
+            outcome.diagnostics = scorer.breakdown(folder / "pred_val.jsonl", gold)
+        except (scorer.error, ValueError, RecursionError, MemoryError, OSError):
+            outcome.diagnostics = None
     if skipped:
         outcome.note = (outcome.note + "; " if outcome.note else "") + "not kept from out/: " + ", ".join(skipped)
     outcome.note = plain_text(outcome.note, 600)

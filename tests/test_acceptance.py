@@ -286,7 +286,7 @@ def test_a_no_op_that_ties_the_best_is_never_kept_in_a_night_nor_after_a_resume(
     (tmp_path / "probe").mkdir()
     probe = make_repo(tmp_path / "probe", prepared_task7)
     quality = next(q / 100 for q in range(30, 96)
-                   if round(f := expected_strict_f1(probe, fake_quality(q / 100)), 6) > f and f > 0)
+                   if round(f := expected_strict_f1(probe, fake_quality(q / 100)), 6) > f > 0)
     (tmp_path / "night").mkdir()
     repo = make_repo(tmp_path / "night", prepared_task7, set_constant(FAKE_TRAIN_PY, "QUALITY", quality))
     settings = {"policy": Monotonic(), "check_duplicates": False, "close_after": 0}

@@ -66,9 +66,10 @@ def test_the_same_type_wins_over_a_larger_overlap_of_another_type():
 
 
 def test_rows_add_up_and_a_change_is_count_by_count():
-    rows_gold = {"1": "B-A I-A O".split(), "2": "O B-B O".split()}
-    first = diagnostics.breakdown(rows_gold, {"1": "B-A O O".split(), "2": "O B-B O".split()}, evaluate.spans, TYPES)
-    second = diagnostics.breakdown(rows_gold, {"1": "B-A I-A O".split(), "2": "O O O".split()}, evaluate.spans, TYPES)
+    rows = lambda one, two: {"1": one.split(" "), "2": two.split(" ")}
+    rows_gold = rows("B-A I-A O", "O B-B O")
+    first = diagnostics.breakdown(rows_gold, rows("B-A O O", "O B-B O"), evaluate.spans, TYPES)
+    second = diagnostics.breakdown(rows_gold, rows("B-A I-A O", "O O O"), evaluate.spans, TYPES)
     both = diagnostics.add(first, second)
     assert both["A"]["gold"] == 2 and both["A"]["exact"] == 1 and both["A"]["too_short"] == 1
     change = diagnostics.difference(second, first)
