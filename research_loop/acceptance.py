@@ -18,6 +18,7 @@ from statistics import NormalDist, mean
 from typing import Protocol
 
 POWER = 0.8  # the detection probability "smallest detectable gain" refers to
+LOGGED_DECIMALS = 6  # results.tsv's precision (records.py writes f"{score:.6f}")
 MIN_PAIRED_DF = 4  # measured paired noise replaces the prior once it has this many degrees of freedom
 TrialKey = tuple[int, int | None]  # (seed, fold)
 
@@ -64,8 +65,21 @@ class AcceptancePolicy(Protocol):
     def decide(self, scores: dict[int, float], keys: list[TrialKey], standing: Standing) -> Verdict: ...
 
 
+def logged(score: float) -> float:
+    """A score as results.tsv holds it (round() and "%.6f" round the same binary value the same way)."""
+    return round(score, LOGGED_DECIMALS)
+
+
+def like_for_like(scores: dict[int, float], standing: Standing) -> tuple[dict[int, float], Standing]:
+    """The candidate's and the best's scores at the precision results.tsv logs, so a comparison reads the same
+    whether the best is a record in memory (full precision) or one read back after a resume (6 decimals): a
+    tie stays a tie. Every policy compares through this, and only through this."""
+    best = None if standing.best is None else {key: logged(value) for key, value in standing.best.items()}
+    return {index: logged(value) for index, value in scores.items()}, Standing(best, standing.noise)
+
+
 def _mean_best(standing: Standing) -> float:
-    return mean(standing.best.values())
+    return logged(mean(standing.best.values()))
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,7 @@ class Monotonic:
         return None  # one trial, any gain: no figure to give
 
     def decide(self, scores: dict[int, float], keys: list[TrialKey], standing: Standing) -> Verdict:
+        scores, standing = like_for_like(scores, standing)
         if 0 not in scores:
             return Verdict("run", (0,))
         if standing.best is None:
@@ -115,6 +130,7 @@ class Confirm:
         return self.margin(k, k, sd) + NormalDist().inv_cdf(POWER) * spread
 
     def decide(self, scores: dict[int, float], keys: list[TrialKey], standing: Standing) -> Verdict:
+        scores, standing = like_for_like(scores, standing)
         if standing.best is None:  # the baseline: every trial it was given (replicates too), to measure the noise
             missing = tuple(index for index in range(len(keys)) if index not in scores)
             return Verdict("run", missing) if missing else Verdict("keep", reason=f"baseline over {len(keys)} trials")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import diagnostics, state, trust
 from . import holdout as holdout_file
-from . import state, trust
 from .dataviews import DataViews
 from .ledger import read_records
 from .records import RunRecord, Status
@@ -135,6 +135,7 @@ class Report:
     holdout: list[dict] = field(default_factory=list)  # the loop-only holdout scorings
     agents: list[AgentRow] = field(default_factory=list)  # only when the repository has several nights
     consensus: list[ConsensusResult] = field(default_factory=list)
+    errors: diagnostics.ErrorBreakdown | None = None  # the best's error counts against the baseline's
 
 
 # ----- Reading a night -----
@@ -387,6 +388,7 @@ def build_report(repo: Path, tag: str | None = None) -> Report:
         directions=direction_rows(records, full_trials, closed), kept=kept_changes(records), holdout=entries,
         agents=agent_rows(repo, gold),
         consensus=[consensus_result(path) for path in sorted(ws.tag_dir.glob("*/consensus/summary.json"))
-                   if path.parent.parent.name.isdigit()])
+                   if path.parent.parent.name.isdigit()],
+        errors=diagnostics.error_breakdown(ws, best, baseline))
     report.alerts = alerts(report, floor)
     return report

@@ -8,6 +8,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from . import diagnostics
 from .report import Report, Summary
 from .trust import Interval, Score
 
@@ -173,6 +174,8 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
         ("Directions", ["direction", "runs", "keeps", "best confirmed strict F1", "gain over baseline",
                         "failures in a row", "closed"], directions),
     ]
+    if report.errors is not None:
+        out.append(error_table(report))
     if report.agents:
         out.append(("Nights by agent", ["agent", "nights", "runs", "not run", "keeps", "best val gain",
                                         "best holdout gain", "runs to first keep", "hours"],
@@ -192,6 +195,26 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                       "unknown" if item.cost_usd is None else f"${item.cost_usd:.2f}",
                       f"{item.tokens_in:,} in, {item.tokens_out:,} out"] for item in report.consensus]))
     return out
+
+
+def error_table(report: Report) -> tuple[str, list[str], list[list[str]]]:
+    """One row per error category, one column per entity type (and all of them): the baseline's count ->
+    the best's (val counts, over the trials both ran)."""
+    errors, unit = report.errors, report.unit
+    same = report.best is report.baseline
+    names = [*errors.entity_types, *sorted((set(errors.best) | set(errors.baseline)) - set(errors.entity_types))]
+    pick = lambda part, name: diagnostics.total(part) if name == "all" else part.get(name, {})
+    rows = []
+    for count in ("gold", *diagnostics.COUNTS[2:]):
+        cells = []
+        for name in [*names, "all"]:
+            old, new = pick(errors.baseline, name).get(count, 0), pick(errors.best, name).get(count, 0)
+            cells.append(str(new) if same or count == "gold" else f"{old} -> {new}")
+        rows.append([diagnostics.HEADINGS[count], *cells])
+    what = "the baseline" if same else f"baseline -> best (run {report.best.run})"
+    where = "CV" if unit == "fold" else "val"
+    return (f"Where the errors are: {what}, {where} counts over {plural(errors.trials, unit)}",
+            ["spans", *names, "all"], rows)
 
 
 # ----- Renderers -----

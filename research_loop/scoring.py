@@ -8,6 +8,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import diagnostics
+
 
 def import_file(path: Path, label: str):
     """Import a repository file as a module (the fixed evaluate.py and prepare.py)."""
@@ -60,6 +62,12 @@ class Scorer:
             gold.update(self.evaluate.read_tags(gold_path))
             predicted.update(self.evaluate.read_tags(predictions, self.entity_types))
         return self._summary(self.evaluate.score_rows(gold, predicted))
+
+    def breakdown(self, predictions: Path, gold: Path) -> dict:
+        """The error counts per entity type (diagnostics.py), from evaluate.py's own spans."""
+        predicted = self.evaluate.read_tags(predictions, self.entity_types)
+        return diagnostics.breakdown(self.evaluate.read_tags(gold), predicted, self.evaluate.spans,
+                                     self.entity_types)
 
     def score_rows(self, gold: dict, predicted: dict) -> TrialScore:
         return self._summary(self.evaluate.score_rows(gold, predicted))

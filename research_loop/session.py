@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import state
+from . import diagnostics, state
 from .acceptance import AcceptancePolicy, Noise, Standing, TrialKey, night_noise
 from .agents.base import Agent, Context
 from .config_block import normalised
@@ -117,6 +117,9 @@ class Session:
             task_card=clipped(redact(task_card)),
             runs_so_far=len(self.records))
 
+    def trial_folders(self, record: RunRecord) -> dict:
+        return diagnostics.run_folders(self.ws, record)
+
     def write_state(self, in_flight: list[str]) -> None:
         best = self.best()
         budget = self.budget
@@ -142,6 +145,8 @@ class Session:
             budget_line="; ".join(limits) + ".",
             best_train_py=self.files.git.show(best.commit) if best else None,
             entity_types=self.files.entity_types, closed=self.closed_directions(), close_after=self.close_after,
-            full_trials=self.full_trials, unit=self.unit, in_flight=in_flight)
+            full_trials=self.full_trials, unit=self.unit, in_flight=in_flight,
+            diagnostics_lines=diagnostics.state_lines(self.records, self.trial_folders, self.keys,
+                                                      self.files.entity_types, self.unit))
         write_atomically(self.ws.state_path, state.render(self.records, view))
 

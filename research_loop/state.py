@@ -111,6 +111,7 @@ class StateView:
     full_trials: int = 1
     unit: str = "seed"
     in_flight: list[str] = field(default_factory=list)
+    diagnostics_lines: list[str] = field(default_factory=list)  # diagnostics.state_lines: counts only
 
 
 def render(records: list[RunRecord], view: StateView) -> str:
@@ -131,6 +132,7 @@ def render(records: list[RunRecord], view: StateView) -> str:
                 f"{score_text(best, view.unit)}{gain}, relaxed F1 {best.relaxed_f1 or 0:.4f}; per type: {per_type}."), ""]
         if view.best_train_py is not None:
             out += ["Its config block:", "", "```python", *block_lines(view.best_train_py), "```", ""]
+    out += view.diagnostics_lines
     out += ["## Score history", "", (f"Strict F1 is the mean over the {view.unit}s a run got (in brackets); a "
             f"run screened out after one {view.unit} was never confirmed."), "",
             "| run | status | strict F1 | relaxed F1 | seconds | epochs | direction | description |",

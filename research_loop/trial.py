@@ -58,6 +58,7 @@ class TrialOutcome:
     peak_vram_mb: float | None = None
     worker: str = ""
     predicted_test: bool = False
+    diagnostics: dict | None = None  # error counts per entity type on the scored rows (diagnostics.py)
 
     @property
     def ok(self) -> bool:
@@ -127,6 +128,11 @@ def outcome_of(result: JobResult, index: int, key: TrialKey, commit: str, folder
             outcome.kind, outcome.note = "unusable", f"unusable predictions: {exc}"
         except (ValueError, RecursionError, MemoryError, OSError) as exc:  # the scorer must never end the night
             outcome.kind, outcome.note = "unusable", f"unusable predictions: {type(exc).__name__}"
+    if outcome.score is not None:  # the error counts inform the agent; they never change a run's outcome
+        try:
+            outcome.diagnostics = scorer.breakdown(folder / "pred_val.jsonl", gold)
+        except (scorer.error, ValueError, RecursionError, MemoryError, OSError):
+            outcome.diagnostics = None
     if skipped:
         outcome.note = (outcome.note + "; " if outcome.note else "") + "not kept from out/: " + ", ".join(skipped)
     outcome.note = plain_text(outcome.note, 600)
@@ -144,8 +150,8 @@ class Trial:
     running: set[int] = field(default_factory=set)
 
     def scores(self) -> dict[int, float]:
-        """Per trial strict F1, rounded as results.tsv logs it, so the best (read back) compares like for like."""
-        return {index: round(outcome.trial_score.strict, 6) for index, outcome in self.done.items() if outcome.ok}
+        """Per trial strict F1 as scored (the policy compares it with the best's at results.tsv's precision)."""
+        return {index: outcome.trial_score.strict for index, outcome in self.done.items() if outcome.ok}
 
     def failure(self) -> TrialOutcome | None:
         failed = [outcome for outcome in self.done.values() if not outcome.ok]

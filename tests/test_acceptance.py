@@ -220,3 +220,80 @@ def test_holdout_scores_go_only_to_the_loop_only_file(noisy_repo, prepared_task7
         result = tools.call("view_file", {"path": request})
         assert result.is_error, request
         assert json.dumps(entries[0]) not in result.content
+
+
+# ----- Ties: a candidate that scores exactly the best's score is never kept -----
+
+TIE = 0.18487394957983194  # run 8's and run 5's strict F1 in the night that kept a tie; rounds up at 6 places
+TIE_POLICIES = {
+    "monotonic": (Monotonic(), KEYS[:1]),
+    "confirm paired": (Confirm(paired=True), KEYS),
+    "confirm unpaired": (Confirm(paired=False), KEYS),
+    "confirm cv": (Confirm(paired=True), FOLD_KEYS),
+}
+
+
+def tied_trial(keys, scores):
+    """A finished Trial whose trials scored `scores` (as trial.outcome_of leaves them: unrounded)."""
+    from research_loop.scoring import TrialScore
+    from research_loop.trial import Candidate, Trial, TrialOutcome
+
+    done = {index: TrialOutcome(index, seed, fold, "c", "ok", 1.0, score=TrialScore(score, score).to_json())
+            for index, ((seed, fold), score) in enumerate(zip(keys, scores))}
+    return Trial(Candidate(8, "c", "", "b", "a no-op", "none"), list(keys), done)
+
+
+def best_record(keys, scores, tmp_path, resumed):
+    """The best run's record as the loop holds it: in memory as the recorder made it, or read back from
+    results.tsv as a resumed loop does."""
+    from research_loop.ledger import Ledger, read_records
+    from research_loop.records import RunRecord, Status
+
+    record = RunRecord(run=5, tag=TAG, status=Status.KEEP, commit="b", seeds=[seed for seed, _ in keys],
+                       folds=[fold for _, fold in keys if fold is not None])
+    record.set_scores(list(scores), list(scores), {})
+    if not resumed:
+        return record
+    Ledger(tmp_path / "results.tsv", tmp_path / "store" / "results.tsv", []).append(record)
+    return read_records(tmp_path / "results.tsv")[0]
+
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["in memory", "after a resume"])
+@pytest.mark.parametrize("name", list(TIE_POLICIES))
+def test_a_tie_with_the_best_is_never_kept(name, resumed, tmp_path):
+    from research_loop.acceptance import Noise
+
+    policy, keys = TIE_POLICIES[name]
+    scores = [TIE, TIE + 0.01, TIE - 0.01][: len(keys)]
+    assert round(TIE, 6) > TIE  # the case that was kept: rounding the candidate alone made it look ahead
+    best = best_record(keys, scores, tmp_path, resumed)
+    # No noise at all (margin 0), so only the comparison itself can tell a tie from a gain.
+    standing = Standing(best=best.scores_by_trial(), noise=Noise(0.0, 10, 0.0, "test"))
+    verdict = tied_trial(keys, scores).next_step(policy, standing)
+    assert verdict.action == "discard", verdict
+    assert "<=" in verdict.reason
+    # A gain of one unit in the last logged place is still a gain.
+    ahead = tied_trial(keys, [score + 2e-6 for score in scores])
+    verdict = ahead.next_step(policy, standing)
+    assert verdict.action == "keep", verdict
+
+
+def test_a_no_op_that_ties_the_best_is_never_kept_in_a_night_nor_after_a_resume(tmp_path, prepared_task7):
+    """The null agent's comment-only changes score exactly the best's F1 (the fake is deterministic); at a
+    QUALITY whose F1 rounds up at results.tsv's 6 decimals, the tie used to be kept under monotonic."""
+    from loop_helpers import expected_strict_f1, fake_quality, set_constant
+
+    (tmp_path / "probe").mkdir()
+    probe = make_repo(tmp_path / "probe", prepared_task7)
+    quality = next(q / 100 for q in range(30, 96)
+                   if round(f := expected_strict_f1(probe, fake_quality(q / 100)), 6) > f > 0)
+    (tmp_path / "night").mkdir()
+    repo = make_repo(tmp_path / "night", prepared_task7, set_constant(FAKE_TRAIN_PY, "QUALITY", quality))
+    settings = {"policy": Monotonic(), "check_duplicates": False, "close_after": 0}
+    run_loop(config(repo, max_runs=3, **settings), NullAgent())
+    run_loop(config(repo, max_runs=2, **settings), NullAgent())  # the same command again: a resume
+    rows = results(repo)
+    assert [row["status"] for row in rows] == ["baseline"] + ["discard"] * 4, [row["note"] for row in rows]
+    assert len({row["strict_f1"] for row in rows}) == 1  # every one a tie
+    score = f"{float(rows[0]['strict_f1']):.4f}"
+    assert [row["note"] for row in rows[1:]] == [f"{score} <= best {score}"] * 4
