@@ -123,7 +123,7 @@ def build_config(repo: Path, options: RunOptions, tag: str, night: dict, echo: E
         check_duplicates=options.agent != "null", close_after=0 if options.agent == "null" else options.close_after,
         workers=options.workers, lookahead=options.lookahead, ray_address=options.ray_address,
         sandbox=options.sandbox, allow_unsandboxed=allow_unsandboxed,
-        agent_patience_s=options.agent_patience_min * 60)
+        agent_patience_s=options.agent_patience_min * 60, writes_code=writes_code(options.agent))
 
 
 def night_base(repo: Path, night: dict, from_ref: str | None) -> tuple[str | None, str | None]:

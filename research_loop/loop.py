@@ -85,6 +85,7 @@ class LoopConfig:
     base: str | None = None  # a new night's base commit (None: HEAD)
     from_branch: str | None = None  # the branch checked out before the night (the end line names it)
     agent_patience_s: float = 1800.0  # stop the night when the agent stayed unreachable this long
+    writes_code: bool = True  # the agent writes train.py (the registry says; the CLI sets it)
 
     def timeout(self, records, is_baseline: bool) -> float:
         return timeout_for([] if is_baseline else records, self.timeout_s, self.run_budget_s, self.min_timeout_s,
@@ -134,7 +135,7 @@ def run_loop(config: LoopConfig, agent: Agent) -> LoopSummary:
         night_config = NightConfig(ws.repo, ws.tag, config.settings, config.train_options, config.eval_mode,
                                    config.folds, config.seeds, config.split_seed, config.policy, config.sandbox,
                                    config.allow_unsandboxed, config.run_budget_s, config.agent_name, config.workers,
-                                   config.limits, base=config.base, from_branch=config.from_branch)
+                                   config.limits, base=config.base, from_branch=config.from_branch, writes_code=config.writes_code)
         try:
             files = open_files(night_config, ws)
             notes = [note for note in [place_branch(files.git, ws.tag, files.records)] if note]

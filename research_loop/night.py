@@ -49,6 +49,7 @@ class NightConfig:
     limits: Limits = field(default_factory=Limits)
     base: str | None = None  # a new night's base commit (None: HEAD); a night never starts from another's tip
     from_branch: str | None = None  # the branch checked out when the night started (to go back to)
+    writes_code: bool = True  # the agent writes train.py (an LLM): running it unsandboxed needed --no-sandbox
 
 
 def trial_keys(config: NightConfig) -> list[TrialKey]:
@@ -178,9 +179,7 @@ def choose_sandbox(config: NightConfig, notes: list[str]) -> tuple[str, str]:
     if backend == "none":
         why = "; ".join(passed_over) if passed_over else "--sandbox none"
         note = f"UNSANDBOXED: train.py runs with your user's powers ({why})"
-        from .agents.registry import writes_code
-
-        notes.append(note + ("; you asked for it with --no-sandbox" if writes_code(config.agent) else ""))
+        notes.append(note + ("; you asked for it with --no-sandbox" if config.writes_code else ""))
         return backend, note
     if passed_over:
         notes.append(f"sandbox: {backend} ({'; '.join(passed_over)})")
