@@ -10,7 +10,7 @@ python agent_loop.py consensus RUN       an LLM-consensus pass over a run's pred
 
 from __future__ import annotations
 
-from research_loop.stopping import catch_early_interrupts
+from research_loop.night.stopping import catch_early_interrupts
 
 catch_early_interrupts()  # first: a Ctrl-C during start-up stops the night cleanly, it does not kill it
 
@@ -21,10 +21,10 @@ from typing import Annotated
 
 import typer
 
-from research_loop import cli_support as support
-from research_loop.acceptance import POLICIES
 from research_loop.agents.registry import BACKENDS
-from research_loop.sandbox import SANDBOXES
+from research_loop.cli import commands as support
+from research_loop.evaluation.acceptance import POLICIES
+from research_loop.execution.sandbox import SANDBOXES
 
 REPO = Path(__file__).resolve().parent
 HELP = {"help_option_names": ["-h", "--help"]}

@@ -30,8 +30,8 @@ import numpy as np
 from markdown_table import table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from research_loop.acceptance import Confirm, Standing, night_noise
-from research_loop.records import RunRecord, Status
+from research_loop.evaluation.acceptance import Confirm, Standing, night_noise
+from research_loop.records.run_record import RunRecord, Status
 
 GAINS = (0.01, 0.02, 0.03, 0.04, 0.06, 0.08)
 POSITION = 10  # the real change is the 10th proposal of the night

@@ -27,12 +27,13 @@ from statistics import mean, stdev
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from research_loop import config_block, sandbox
-from research_loop.dataviews import DataViews, write_gold
-from research_loop.jobs import Job, run_job
-from research_loop.night import private_folders
-from research_loop.scoring import Scorer, import_file
-from research_loop.workspace import cache_root
+from research_loop import config_block
+from research_loop.evaluation.dataviews import DataViews, write_gold
+from research_loop.evaluation.scoring import Scorer, import_file
+from research_loop.execution import sandbox
+from research_loop.execution.jobs import Job, run_job
+from research_loop.night.folders import cache_root
+from research_loop.night.opening import private_folders
 
 ANOTHER_SEED = "unchanged, another seed"  # a null change on another seed: what a replicate of the baseline measures
 

@@ -28,9 +28,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from loop_helpers import FAKE_TRAIN_PY, ScriptedAgent, loop_config, make_repo
 from markdown_table import table
 
-from research_loop.acceptance import Monotonic
-from research_loop.ledger import read_records
+from research_loop.evaluation.acceptance import Monotonic
 from research_loop.loop import run_loop
+from research_loop.records.ledger import read_records
 
 
 class SlowAgent(ScriptedAgent):

@@ -16,8 +16,8 @@ from statistics import median
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from research_loop import sandbox
-from research_loop.jobs import Job, run_job
+from research_loop.execution import sandbox
+from research_loop.execution.jobs import Job, run_job
 
 
 def main(argv=None) -> int:

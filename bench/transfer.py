@@ -26,12 +26,13 @@ sys.path.insert(0, str(ROOT))
 
 from markdown_table import table
 
-from research_loop import config_block, sandbox
-from research_loop.dataviews import DataViews
-from research_loop.jobs import Job, run_job
-from research_loop.night import private_folders
-from research_loop.scoring import Scorer, import_file
-from research_loop.workspace import cache_root
+from research_loop import config_block
+from research_loop.evaluation.dataviews import DataViews
+from research_loop.evaluation.scoring import Scorer, import_file
+from research_loop.execution import sandbox
+from research_loop.execution.jobs import Job, run_job
+from research_loop.night.folders import cache_root
+from research_loop.night.opening import private_folders
 
 
 def recipes(base: str, aux_names: list[str], aux_epochs: int, mode: str) -> dict[str, str]:

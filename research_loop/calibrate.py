@@ -17,23 +17,24 @@ from collections.abc import Callable
 from pathlib import Path
 from statistics import mean, stdev
 
-from . import sandbox as sandboxes
-from .acceptance import POWER, AcceptancePolicy, estimate_noise
-from .dataviews import DataViews
-from .executors import kill_stale
-from .gitops import TRAIN_FILE, Git, GitError
-from .integrity import FIXED_FILES
-from .jobs import Job, JobResult, run_job
-from .ledger import now_iso
-from .lock import LockError, LoopLock
+from research_loop.evaluation.acceptance import POWER, AcceptancePolicy, estimate_noise
+from research_loop.evaluation.dataviews import DataViews
+from research_loop.evaluation.scoring import Scorer, TrialScore, import_file
+from research_loop.evaluation.trial import save_outputs
+from research_loop.execution import sandbox as sandboxes
+from research_loop.execution.executors import kill_stale
+from research_loop.execution.jobs import Job, JobResult, run_job
+from research_loop.night.folders import Workspace, WorkspaceError, check_tag
+from research_loop.night.lock import LockError, LoopLock
+from research_loop.night.opening import private_folders
+from research_loop.night.stopping import abort_on_signals
+from research_loop.records.gitops import TRAIN_FILE, Git, GitError
+from research_loop.records.integrity import FIXED_FILES
+from research_loop.records.ledger import now_iso
+
 from .loop import LoopConfig
 from .model_cache import ModelCacheError, ensure_cached, model_name
-from .night import private_folders
 from .safe_io import open_no_follow, read_bytes, write_atomically
-from .scoring import Scorer, TrialScore, import_file
-from .stopping import abort_on_signals
-from .trial import save_outputs
-from .workspace import Workspace, WorkspaceError, check_tag
 
 CALIBRATION_FILE = "calibration.json"
 FIRST_SEED = 42  # the loop's seeds are 42, 43, ...: calibration seeds coincide with its runs

@@ -17,21 +17,22 @@ from pathlib import Path
 
 from git import BadName
 
-from . import sandbox as sandboxes
-from .dataviews import DataViews
-from .gitops import TRAIN_FILE, Git, GitError, run_ref
-from .integrity import FIXED_FILES
-from .jobs import Job, run_job
-from .ledger import RESULTS_FILE, read_records, tag_of
-from .lock import LockError, LoopLock
+from research_loop.evaluation.dataviews import DataViews
+from research_loop.evaluation.scoring import import_file
+from research_loop.evaluation.trial import TrialOutcome
+from research_loop.execution import sandbox as sandboxes
+from research_loop.execution.jobs import Job, run_job
+from research_loop.night.folders import Workspace, WorkspaceError, check_tag
+from research_loop.night.lock import LockError, LoopLock
+from research_loop.night.opening import private_folders
+from research_loop.night.stopping import abort_on_signals
+from research_loop.records.gitops import TRAIN_FILE, Git, GitError, run_ref
+from research_loop.records.integrity import FIXED_FILES
+from research_loop.records.ledger import RESULTS_FILE, read_records, tag_of
+from research_loop.records.run_record import RecordError, RunRecord
+
 from .model_cache import ModelCacheError, ensure_cached, model_name
-from .night import private_folders
-from .records import RecordError, RunRecord
 from .safe_io import open_no_follow, read_bytes, write_atomically
-from .scoring import import_file
-from .stopping import abort_on_signals
-from .trial import TrialOutcome
-from .workspace import Workspace, WorkspaceError, check_tag
 
 EXPORTS_DIR = "exports"
 SUBMISSION_FILE = "submission.csv"

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
-from .acceptance import AcceptancePolicy, Monotonic
-from .agents.base import Agent
-from .executors import LocalExecutor
-from .intake import Intake
-from .lock import LockError, LoopLock
-from .night import (
+from research_loop.evaluation.acceptance import AcceptancePolicy, Monotonic
+from research_loop.execution.executors import LocalExecutor
+from research_loop.execution.sandbox import Limits, SandboxError
+from research_loop.night.folders import Workspace, WorkspaceError, check_tag
+from research_loop.night.lock import LockError, LoopLock
+from research_loop.night.opening import (
     NightConfig,
     NightError,
     baseline_commit,
@@ -33,16 +33,17 @@ from .night import (
     trial_keys,
     write_night,
 )
-from .progress import Progress
-from .proposals import ProposalSource
-from .reconcile import place_branch, reconcile
-from .recorder import Recorder
-from .sandbox import Limits, SandboxError
-from .scheduler import Scheduler
-from .session import Session
-from .stopping import Budget, StopControl
-from .tracking import NullTracker
-from .workspace import Workspace, WorkspaceError, check_tag
+from research_loop.night.progress import Progress
+from research_loop.night.recovery import place_branch, reconcile
+from research_loop.night.scheduler import Scheduler
+from research_loop.night.session import Session
+from research_loop.night.stopping import Budget, StopControl
+from research_loop.proposals.intake import Intake
+from research_loop.proposals.source import ProposalSource
+from research_loop.records.recorder import Recorder
+from research_loop.records.tracking import NullTracker
+
+from .agents.base import Agent
 
 
 class LoopError(Exception):
@@ -115,7 +116,7 @@ class LoopSummary:
 
 def make_executor(config: LoopConfig, ws: Workspace, backend: str, private: list[Path]):
     if config.workers > 1 or config.ray_address:
-        from .ray_executor import RayExecutor  # the ray extra
+        from research_loop.execution.ray_executor import RayExecutor  # the ray extra
 
         return RayExecutor(config.workers, backend, ws.jobs_root, ws.repo, private, config.ray_address, config.limits,
                            config.kill_grace_s)

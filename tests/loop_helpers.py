@@ -257,7 +257,7 @@ class ScriptedAgent:
 
 def results(repo: Path) -> list[dict]:
     """results.tsv's rows as cell dicts (what a user opening the file sees)."""
-    from research_loop.ledger import parse
+    from research_loop.records.ledger import parse
 
     path = repo / "results.tsv"
     return parse(path.read_bytes())[1] if path.is_file() else []
@@ -292,7 +292,7 @@ def loop_config(repo: Path, tag: str, **overrides):
 def train_pid_file(repo: Path, tag: str, run: int, trial: int = 0) -> Path:
     """Where the loop keeps the pid of run `run`'s trial `trial` while it trains (its own store, out of
     train.py's reach); the file exists exactly while that train.py runs."""
-    from research_loop.workspace import Workspace
+    from research_loop.night.folders import Workspace
 
     return Workspace(repo, tag).store / "pids" / f"{run:04d}-{trial}.pid"
 

@@ -8,10 +8,17 @@ from statistics import mean, stdev
 import pytest
 from loop_helpers import FAKE_TRAIN_PY, ScriptedAgent, loop_config, make_repo, results
 
-from research_loop import holdout
-from research_loop.acceptance import Confirm, Monotonic, Standing, estimate_noise, make_policy, pooled_sd
 from research_loop.agents.builtin_agent import NullAgent
 from research_loop.agents.tools import ToolSession
+from research_loop.evaluation import holdout
+from research_loop.evaluation.acceptance import (
+    Confirm,
+    Monotonic,
+    Standing,
+    estimate_noise,
+    make_policy,
+    pooled_sd,
+)
 from research_loop.loop import run_loop
 
 Z_99 = 2.3263478740408408  # one-sided 1% normal quantile, from tables
@@ -22,7 +29,7 @@ FOLD_KEYS = [(42, 0), (42, 1), (42, 2)]
 
 
 def standing(best, sd=0.01, keys=KEYS):
-    from research_loop.acceptance import Noise
+    from research_loop.evaluation.acceptance import Noise
 
     return Standing(best=dict(zip(keys, best)), noise=Noise(sd, 10, 0.0, "test"))
 
@@ -237,8 +244,8 @@ TIE_POLICIES = {
 
 def tied_trial(keys, scores):
     """A finished Trial whose trials scored `scores` (as trial.outcome_of leaves them: unrounded)."""
-    from research_loop.scoring import TrialScore
-    from research_loop.trial import Candidate, Trial, TrialOutcome
+    from research_loop.evaluation.scoring import TrialScore
+    from research_loop.evaluation.trial import Candidate, Trial, TrialOutcome
 
     done = {index: TrialOutcome(index, seed, fold, "c", "ok", 1.0, score=TrialScore(score, score).to_json())
             for index, ((seed, fold), score) in enumerate(zip(keys, scores))}
@@ -248,8 +255,8 @@ def tied_trial(keys, scores):
 def best_record(keys, scores, tmp_path, resumed):
     """The best run's record as the loop holds it: in memory as the recorder made it, or read back from
     results.tsv as a resumed loop does."""
-    from research_loop.ledger import Ledger, read_records
-    from research_loop.records import RunRecord, Status
+    from research_loop.records.ledger import Ledger, read_records
+    from research_loop.records.run_record import RunRecord, Status
 
     record = RunRecord(run=5, tag=TAG, status=Status.KEEP, commit="b", seeds=[seed for seed, _ in keys],
                        folds=[fold for _, fold in keys if fold is not None])
@@ -263,7 +270,7 @@ def best_record(keys, scores, tmp_path, resumed):
 @pytest.mark.parametrize("resumed", [False, True], ids=["in memory", "after a resume"])
 @pytest.mark.parametrize("name", list(TIE_POLICIES))
 def test_a_tie_with_the_best_is_never_kept(name, resumed, tmp_path):
-    from research_loop.acceptance import Noise
+    from research_loop.evaluation.acceptance import Noise
 
     policy, keys = TIE_POLICIES[name]
     scores = [TIE, TIE + 0.01, TIE - 0.01][: len(keys)]

@@ -145,7 +145,7 @@ def test_test_rows_are_predicted_only_for_runs_that_can_be_kept(tmp_path, prepar
     """Discarded runs skip the long test rows; the baseline (kept) and confirmed runs predict them."""
     from loop_helpers import FAKE_TRAIN_PY
 
-    from research_loop.acceptance import make_policy
+    from research_loop.evaluation.acceptance import make_policy
 
     repo = make_repo(tmp_path, prepared_task7, FAKE_TRAIN_PY.replace("PREDICT_TEST = False", "PREDICT_TEST = True"))
     run_loop(loop_config(repo, TAG, max_runs=5, policy=make_policy("confirm")),
@@ -167,7 +167,7 @@ def test_a_tracked_night_is_in_mlflow(repo, tmp_path):
     as metrics, read back through MLflow's own client (what `mlflow ui` shows)."""
     from mlflow.tracking import MlflowClient
 
-    from research_loop.tracking import make_tracker
+    from research_loop.records.tracking import make_tracker
 
     warnings = []
     tracker = make_tracker(None, True, repo, repo / "runs" / TAG / "mlflow.json", warnings.append)

@@ -20,9 +20,9 @@ import pytest
 from loop_helpers import ScriptedAgent, git, loop_config, make_repo, results
 
 import prepare
-from research_loop import holdout
+from research_loop.evaluation import holdout
+from research_loop.execution.sandbox import probe
 from research_loop.loop import run_loop
-from research_loop.sandbox import probe
 
 SECRET = "sk-ant-api03-ATTACKTESTSECRET-0123456789abcdefghijklmnop"
 LOG_SECRET = "hf_AttackPrintedTokenABCDEFGHIJKLMNOP123456"
@@ -230,8 +230,8 @@ def test_the_loops_own_git_runs_no_hooks_and_ignores_injected_config(tmp_path, p
 
 def test_without_a_sandbox_an_llm_night_refuses_and_a_search_night_says_unsandboxed(tmp_path, prepared_task7,
                                                                                   monkeypatch):
-    from research_loop import sandbox
-    from research_loop.cli_support import RunOptions, run_night
+    from research_loop.cli.commands import RunOptions, run_night
+    from research_loop.execution import sandbox
 
     repo = make_repo(tmp_path, prepared_task7)
     monkeypatch.setattr(sandbox, "probe", lambda backend: f"{backend} cannot run here")
@@ -333,11 +333,11 @@ def test_what_train_py_leaves_behind_cannot_hurt_the_loop(backend, tmp_path, pre
         # The next session, the report and status all read this night; the victim lived through the restart.
         run_loop(loop_config(repo, "t", sandbox=backend, max_runs=1), ScriptedAgent([("QUALITY", 0.4)]))
         assert victim.poll() is None
-        from research_loop.report import build_report
-        from research_loop.status import describe_status
+        from research_loop.cli.status import describe_status
+        from research_loop.report.data import build_report
 
         assert build_report(repo, "t").records and len(describe_status(repo, "t")) > 2
-        from research_loop.workspace import Workspace
+        from research_loop.night.folders import Workspace
 
         assert not list(Workspace(repo, "t").jobs_root.glob("*")) if Workspace(repo, "t").jobs_root.exists() else True
     finally:
@@ -368,8 +368,8 @@ def test_what_train_py_prints_reaches_the_agent_as_plain_text_without_keys(tmp_p
 def test_printed_numbers_and_extra_outputs_are_bounded(tmp_path):
     """A forged `epochs: 1e308` never reaches a row, and out/ files beside the predictions are kept only up
     to a small budget per trial (a night of 60 MB files would fill the disk)."""
-    from research_loop.jobs import JobResult
-    from research_loop.trial import MAX_EXTRA_BYTES, _number, save_outputs
+    from research_loop.evaluation.trial import MAX_EXTRA_BYTES, _number, save_outputs
+    from research_loop.execution.jobs import JobResult
 
     assert _number("1e308", 1e6) is None and _number("-3", 1e6) is None and _number("2.50", 1e6) == 2.5
     big = b"x" * (MAX_EXTRA_BYTES // 2 + 1)
@@ -383,7 +383,7 @@ def test_printed_numbers_and_extra_outputs_are_bounded(tmp_path):
 def test_a_full_disk_stops_the_log_file_never_the_pipe():
     """When the log can no longer be written, the pipe is still drained (train.py must not block on it) and
     the tail the row's note comes from is still there."""
-    from research_loop.jobs import LogSink
+    from research_loop.execution.jobs import LogSink
 
     class FullDisk:
         def write(self, data):

@@ -23,7 +23,6 @@ from loop_helpers import (
 )
 
 from evaluate import read_tags, score_files, spans
-from research_loop.acceptance import Confirm, Monotonic
 from research_loop.calibrate import (
     FIELDS,
     CalibrationError,
@@ -32,8 +31,9 @@ from research_loop.calibrate import (
     monotonic_false_accepts,
     run_calibration,
 )
-from research_loop.lock import LoopLock
-from research_loop.workspace import Workspace
+from research_loop.evaluation.acceptance import Confirm, Monotonic
+from research_loop.night.folders import Workspace
+from research_loop.night.lock import LoopLock
 
 TAG = "t"
 

@@ -100,9 +100,9 @@ def test_report_with_no_runs_says_so_in_one_line(tmp_path, prepared_task7):
 def test_a_night_spans_midnight_and_only_a_finished_one_starts_another(tmp_path, prepared_task7, monkeypatch):
     """The same plain command after midnight resumes the night; once a night ended as planned (a budget), the
     next plain command starts a new one; Ctrl-C (an unfinished night) is resumed whatever the date."""
-    from research_loop import workspace
-    from research_loop.cli_support import RunOptions, run_night
-    from research_loop.stopping import PRESSED_EARLY
+    from research_loop.cli.commands import RunOptions, run_night
+    from research_loop.night import folders as workspace
+    from research_loop.night.stopping import PRESSED_EARLY
 
     repo = make_repo(tmp_path, prepared_task7)
     today = {"value": datetime(2026, 11, 25, 23, 59)}

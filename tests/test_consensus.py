@@ -22,14 +22,14 @@ from loop_helpers import FAKE_TRAIN_PY, ScriptedAgent, loop_config, make_repo, s
 
 import evaluate
 import prepare
-from research_loop import cli_support
-from research_loop.acceptance import Confirm
-from research_loop.consensus import ConsensusError, run_consensus
-from research_loop.consensus_votes import Span, Vote, abstain, decide, parse_answer, settle
+from research_loop.cli import commands as cli_support
+from research_loop.consensus.run import ConsensusError, run_consensus
+from research_loop.consensus.votes import Span, Vote, abstain, decide, parse_answer, settle
+from research_loop.evaluation.acceptance import Confirm
 from research_loop.export import coverage_problem
 from research_loop.loop import run_loop
-from research_loop.report import build_report
-from research_loop.report_render import render_markdown
+from research_loop.report.data import build_report
+from research_loop.report.render import render_markdown
 
 TAG = "c"
 SONNET, MINI, LOCAL = "claude-sonnet-5-5", "gpt-5.4-mini", "llama3.3"

@@ -7,7 +7,7 @@ import pytest
 from loop_helpers import lexicon_tags
 
 import evaluate
-from research_loop import diagnostics
+from research_loop.evaluation import diagnostics
 
 TYPES = ["A", "B"]
 
@@ -115,8 +115,8 @@ def test_a_night_puts_the_breakdown_in_trial_json_and_current_state_and_nothing_
         tmp_path, prepared_task7):
     from loop_helpers import PROJECT, ScriptedAgent, loop_config, make_repo
 
-    from research_loop.acceptance import Monotonic
     from research_loop.agents.prompt import first_message, system_prompt
+    from research_loop.evaluation.acceptance import Monotonic
     from research_loop.loop import run_loop
 
     repo = make_repo(tmp_path, prepared_task7)
@@ -155,8 +155,8 @@ def test_a_night_puts_the_breakdown_in_trial_json_and_current_state_and_nothing_
                            if line.startswith("| all | ")][1].split(" | ")[3] == f"{gained:+d}"
 
     # The report: the baseline's counts -> the best's, per type.
-    from research_loop.report import build_report
-    from research_loop.report_render import render_markdown
+    from research_loop.report.data import build_report
+    from research_loop.report.render import render_markdown
 
     report = render_markdown(build_report(repo, "t"))
     assert "## Where the errors are: baseline -> best (run 1), val counts over 1 seed" in report
@@ -192,10 +192,10 @@ def test_in_cross_validation_the_breakdown_covers_every_row_once_and_a_screened_
         tmp_path, prepared_task7):
     from loop_helpers import ScriptedAgent, loop_config, make_repo
 
-    from research_loop.acceptance import make_policy
+    from research_loop.evaluation.acceptance import make_policy
     from research_loop.loop import run_loop
-    from research_loop.report import build_report
-    from research_loop.report_render import render_markdown
+    from research_loop.report.data import build_report
+    from research_loop.report.render import render_markdown
 
     repo = make_repo(tmp_path, prepared_task7)
     config = loop_config(repo, "t", max_runs=3, eval_mode="cv", folds=5, policy=make_policy("confirm", trials=5))

@@ -7,9 +7,9 @@ import pytest
 from loop_helpers import ScriptedAgent, loop_config, make_repo, results
 
 from evaluate import score
-from research_loop.acceptance import make_policy
 from research_loop.agents.builtin_agent import NullAgent
-from research_loop.dataviews import assign_folds
+from research_loop.evaluation.acceptance import make_policy
+from research_loop.evaluation.dataviews import assign_folds
 from research_loop.loop import run_loop
 
 TAG = "t"

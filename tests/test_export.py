@@ -23,11 +23,11 @@ from loop_helpers import (
 import evaluate
 import prepare
 from evaluate import read_tags
-from research_loop.acceptance import Confirm, Monotonic
+from research_loop.evaluation.acceptance import Confirm, Monotonic
 from research_loop.export import ExportedRun, ExportError, coverage_problem, export_run, saved_predictions
-from research_loop.lock import LoopLock
 from research_loop.loop import run_loop
-from research_loop.workspace import Workspace
+from research_loop.night.folders import Workspace
+from research_loop.night.lock import LoopLock
 
 TAG = "t"
 NIGHT = ["baseline", "keep", "discard", "invalid", "crash"]

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 import pytest
 from loop_helpers import ScriptedAgent, make_repo, results
 
-from research_loop import acceptance, cli_support, sandbox
-from research_loop.acceptance import Verdict
 from research_loop.agents import registry
+from research_loop.cli import commands as cli_support
+from research_loop.evaluation import acceptance
+from research_loop.evaluation.acceptance import Verdict
+from research_loop.execution import sandbox
 
 
 @dataclass(frozen=True)

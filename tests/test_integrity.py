@@ -5,7 +5,7 @@ import json
 from loop_helpers import git, make_repo
 
 import prepare
-from research_loop.integrity import ProtectedFiles, TreeWatch, verify_data
+from research_loop.records.integrity import ProtectedFiles, TreeWatch, verify_data
 
 
 def make_project(root):

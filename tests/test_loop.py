@@ -26,11 +26,11 @@ from loop_helpers import (
 )
 
 from research_loop.agents.base import AgentError, Proposal, Usage
+from research_loop.cli.status import describe_status
 from research_loop.config_block import read_config
-from research_loop.integrity import sha256_of
-from research_loop.lock import LoopLock
 from research_loop.loop import LoopError, run_loop
-from research_loop.status import describe_status
+from research_loop.night.lock import LoopLock
+from research_loop.records.integrity import sha256_of
 
 TAG = "t"
 

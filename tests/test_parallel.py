@@ -16,7 +16,7 @@ from loop_helpers import PROJECT, ScriptedAgent, branch_runs, git, loop_config, 
 
 pytest.importorskip("ray", reason="the parallel loop needs the ray extra: pip install -e \".[ray]\"")
 
-from research_loop.acceptance import make_policy
+from research_loop.evaluation.acceptance import make_policy
 from research_loop.loop import run_loop
 
 TAG = "t"
@@ -89,10 +89,10 @@ def test_kill_9_with_runs_in_flight_loses_nothing_and_reruns_them(repo):
 def test_a_ray_worker_hides_the_repository_and_the_loops_folders_wherever_they_are(tmp_path):
     """A Ray worker on this machine sees the same file system as the loop: the repository (its data/ holds
     val's gold) and the loop's private folders are hidden there too, also outside the home and /tmp."""
-    from research_loop import sandbox
-    from research_loop.executors import Ticket
-    from research_loop.jobs import Job
-    from research_loop.ray_executor import RayExecutor
+    from research_loop.execution import sandbox
+    from research_loop.execution.executors import Ticket
+    from research_loop.execution.jobs import Job
+    from research_loop.execution.ray_executor import RayExecutor
 
     if not os.access("/opt", os.W_OK):
         pytest.skip("needs a writable /opt (CI runs as root)")

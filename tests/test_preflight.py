@@ -17,7 +17,7 @@ from fake_anthropic import error as anthropic_error
 from fake_openai import FakeOpenAI
 from loop_helpers import git, make_repo
 
-from research_loop.lock import LoopLock
+from research_loop.night.lock import LoopLock
 
 KEYS = ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "CLAUDE_CODE_OAUTH_TOKEN",
         "CLAUDE_CONFIG_DIR")

@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from research_loop.ledger import Ledger, parse, read_records
-from research_loop.night import archive_other_night
-from research_loop.records import RecordError, RunRecord, Status, columns_for
-from research_loop.state import StateView, render
-from research_loop.workspace import Workspace
+from research_loop.night.folders import Workspace
+from research_loop.night.opening import archive_other_night
+from research_loop.records.current_state import StateView, render
+from research_loop.records.ledger import Ledger, parse, read_records
+from research_loop.records.run_record import RecordError, RunRecord, Status, columns_for
 
 TYPES = ["ClinicalImpacts", "SocialImpacts"]
 OLD_FILE = Path(__file__).parent / "fixtures" / "results_sample.tsv"
@@ -128,8 +128,8 @@ def test_current_state_shows_one_number_per_run_with_its_trial_count():
 def test_an_old_results_file_gets_the_new_columns_in_place_and_keeps_every_cell(tmp_path):
     """A night resumed on a results.tsv from an older version records the columns added since, instead of
     dropping them: the real old file (CSV-quoted cells, no device/sandbox/... columns) is migrated in place."""
-    from research_loop.ledger import header_of, read_records
-    from research_loop.records import NEW_COLUMNS
+    from research_loop.records.ledger import header_of, read_records
+    from research_loop.records.run_record import NEW_COLUMNS
 
     book = ledger(tmp_path)
     shutil.copy2(OLD_FILE, book.path)

@@ -20,14 +20,15 @@ from rich.console import Console
 
 import evaluate
 import prepare
-from research_loop import holdout, trust
-from research_loop.ledger import Ledger, read_records
-from research_loop.records import RunRecord, Status
-from research_loop.report import ReportError, build_report
-from research_loop.report_plot import plot_progress, progress_figure
-from research_loop.report_render import render_markdown, render_rich
-from research_loop.scoring import Scorer
-from research_loop.workspace import Workspace
+from research_loop.evaluation import holdout
+from research_loop.evaluation.scoring import Scorer
+from research_loop.night.folders import Workspace
+from research_loop.records.ledger import Ledger, read_records
+from research_loop.records.run_record import RunRecord, Status
+from research_loop.report import trust
+from research_loop.report.data import ReportError, build_report
+from research_loop.report.plot import plot_progress, progress_figure
+from research_loop.report.render import render_markdown, render_rich
 
 PROJECT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

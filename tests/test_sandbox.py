@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from research_loop import sandbox
-from research_loop.jobs import LOG_HEAD_BYTES, Job, parse_printed, run_job
+from research_loop.execution import sandbox
+from research_loop.execution.jobs import LOG_HEAD_BYTES, Job, parse_printed, run_job
 
 BACKENDS = ["bwrap", "unshare"]
 REQUIRED = os.environ.get("NER_AUTORESEARCH_REQUIRE_SANDBOX") == "1"  # CI: a missing backend fails, never skips

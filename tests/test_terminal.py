@@ -12,7 +12,7 @@ import pytest
 from fake_openai import FakeOpenAI, completion, slow, tool_call
 from loop_helpers import git, make_repo, results, train_pid_file
 
-from research_loop.status import describe_status
+from research_loop.cli.status import describe_status
 
 TAG = "t"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from research_loop.records import RunRecord, Status
-from research_loop.tracking import (
+from research_loop.records.run_record import RunRecord, Status
+from research_loop.records.tracking import (
     HTTP_LIMITS,
     INSTALL_HINT,
     MlflowTracker,
@@ -321,7 +321,7 @@ def test_without_mlflow_the_flag_says_how_to_install_it(tmp_path, monkeypatch):
 def test_the_project_imports_without_mlflow():
     code = (
         "import sys; sys.modules['mlflow'] = None\n"
-        "import research_loop.tracking as tracking\n"
+        "import research_loop.records.tracking as tracking\n"
         "tracking.NullTracker().run_logged(None, {}, '', '', [])\n"
     )
     root = Path(__file__).resolve().parents[1]

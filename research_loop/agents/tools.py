@@ -11,8 +11,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from research_loop.records.integrity import FIXED_FILES
+
 from ..hygiene import code_problem, collapse_whitespace, line_problem, printable
-from ..integrity import FIXED_FILES
 from ..redact import redact
 from ..safe_io import UnsafeFile, read_text
 

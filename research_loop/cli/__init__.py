@@ -1,0 +1,2 @@
+"""The command line's work between its options and the pipeline: each `agent_loop.py` command (commands.py)
+and `status`."""

@@ -1,0 +1,86 @@
+"""What a command checks before it creates anything: no other loop holds the repository, data/ is prepared
+(prepare.py runs itself when it is missing), every --set value passes train.py's own config check in the
+sandbox, and the agent answers. Each failure is one line; the repository is left as it was."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from research_loop import config_block
+from research_loop.execution import sandbox
+from research_loop.night.lock import running_loop
+
+
+class PreflightError(Exception):
+    """A one-line reason the command did not start; nothing was created."""
+
+
+def refuse_if_held(repo: Path) -> None:
+    """Another loop, calibrate or export on this repository: refused before any other line is printed."""
+    holder = running_loop(repo)
+    if holder:
+        tag, pid, command = holder
+        raise PreflightError(f"`agent_loop.py {command}` is running on this repository (pid {pid}, night {tag}); "
+                             "wait for it, or see `python agent_loop.py status`")
+
+
+def ensure_data(repo: Path, source: str | None, echo) -> None:
+    """data/ prepared: when it is missing, `python prepare.py` (with --source DIR when given) runs first,
+    exactly as a user would run it, and its one-line error is the command's."""
+    if (repo / "data" / "manifest.json").is_file():
+        if source:
+            echo(f"data/ is already prepared; --source {source} is not used (run prepare.py to prepare it again)")
+        return
+    echo("data/ is not prepared: running prepare.py" + (f" --source {source}" if source else " (download)"))
+    command = [sys.executable, "prepare.py", *(["--source", str(Path(source).resolve())] if source else [])]
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        error = next((line for line in reversed(lines) if line.startswith("error:")), lines[-1] if lines else "")
+        raise PreflightError(f"prepare.py: {error.removeprefix('error: ') or f'exit code {done.returncode}'}")
+    for line in done.stdout.splitlines():
+        echo(f"  {line}")
+
+
+def check_settings(repo: Path, train_py: str, fixed_files: dict[str, bytes], settings: list[tuple[str, object]],
+                   sandbox_kind: str, allow_unsandboxed: bool, jobs_root: Path, private: list[Path]) -> None:
+    """The --set values written into train.py's config block, checked by `train.py --check` in the sandbox
+    (the train.py is a night's, so it may be an agent's): every bad knob is named at once."""
+    from research_loop.evaluation.dataviews import DataViews
+    from research_loop.execution.jobs import Job, run_job
+
+    try:
+        candidate = config_block.apply_settings(train_py, settings)
+    except config_block.ConfigBlockError as exc:
+        raise PreflightError(str(exc)) from None
+    try:
+        backend, _ = sandbox.choose(sandbox_kind, allow_unsandboxed)
+    except sandbox.SandboxError as exc:
+        raise PreflightError(str(exc)) from None
+    view = DataViews(repo / "data", "val", 2, 0).view()
+    job = Job(candidate, fixed_files, view.files, seed=42, timeout_s=300.0, extra_args=("--check",),
+              label="config check")
+    result = run_job(job, backend, jobs_root=jobs_root, repo=repo, private=private, grace_s=2.0)
+    if result.kind == "ok":
+        return
+    lines = [line.strip() for line in result.log_tail.splitlines() if line.strip()]
+    error = next((line for line in reversed(lines) if line.startswith("error:")), None)
+    listed = " ".join(f"{name}={config_block.literal(value)}" for name, value in settings)
+    if error:
+        raise PreflightError(f"--set {listed}: {error.removeprefix('error: ')}")
+    raise PreflightError(f"--set {listed}: train.py --check failed ({result.error_line()})")
+
+
+def check_agent(agent) -> None:
+    """The agent's own start-up check (a key accepted, a server and model that answer, a login), if it has one."""
+    check = getattr(agent, "check", None)
+    if check is None:
+        return
+    from research_loop.agents.base import AgentError
+
+    try:
+        check()
+    except AgentError as exc:
+        raise PreflightError(str(exc)) from None
