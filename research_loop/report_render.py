@@ -151,8 +151,11 @@ def noise_line(noise) -> str:
     """The night's noise, in words that still make sense when the measured noise is 0."""
     measured_zero = noise.source.startswith("floor") and noise.source.endswith("(measured 0.0000)")
     if noise.sd == 0:
-        return ("noise: none measured (sd 0.0000) and no floor (data/ unreadable): no gain can be judged "
-                "against the noise")
+        measured = "not measured yet" if noise.df == 0 else "none measured (sd 0.0000)"
+        return f"noise: {measured} and no floor (data/ unreadable): no gain can be judged against the noise"
+    if measured_zero and noise.df == 0:
+        return (f"noise: not measured yet (too few trials to measure it); the margin uses the floor instead, one "
+                f"gold span of a trial's rows, sd {noise.sd:.4f}")
     if measured_zero:
         return (f"noise: the trials measured none (sd 0.0000: identical scores, e.g. deterministic training); "
                 f"the margin uses the floor instead, one gold span of a trial's rows, sd {noise.sd:.4f}")

@@ -877,6 +877,11 @@ def test_a_noise_of_zero_is_said_in_words(tmp_path):
     shutil.rmtree(repo / "data")  # no data/: no floor either
     (noise,) = [line for line in render_markdown(build_report(repo)).splitlines() if line.startswith("- noise:")]
     assert "none measured" in noise and "no gain can be judged" in noise
+    single = make_repo(tmp_path / "single")  # one baseline seed: nothing to measure a spread from
+    write_night(single, "n1", [record(0, "baseline", [0.50]), record(1, "discard", [0.49])],
+                night={"agent": "builtin", "trials": 1})
+    (noise,) = [line for line in render_markdown(build_report(single)).splitlines() if line.startswith("- noise:")]
+    assert "not measured yet" in noise and "measured none" not in noise and f"sd {floor:.4f}" in noise
 
 
 def wide_night(tmp_path) -> Path:
