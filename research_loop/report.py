@@ -7,7 +7,6 @@ into a Report. report_render.py formats it; report_plot.py draws progress.png; t
 
 from __future__ import annotations
 
-import json
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +21,7 @@ from .ledger import read_records
 from .records import RunRecord, Status
 from .safe_io import read_text
 from .scoring import import_file
+from .trial import predicted_no_span
 from .workspace import PROGRAM_FILE, Workspace, latest_tag, nights, read_json
 
 DEFAULT_CLOSE_AFTER = 5  # the loop's --close-after default, for nights from before night.json recorded it
@@ -42,7 +42,7 @@ class Counts:
     timeouts: int
     invalid: int
     screened: int  # discards that never got past the first trial's screen
-    collapsed: tuple[int, ...] = ()  # scored runs that predicted no span at all (every tag O): the all-O collapse
+    collapsed: tuple[int, ...] = ()  # runs that predicted no span at all (every tag O): the all-O collapse
 
 
 @dataclass
@@ -206,35 +206,6 @@ def wall_seconds(records: list[RunRecord], night: dict) -> float:
 # ----- Sections -----
 
 
-def predicted_no_span(ws: Workspace, record: RunRecord) -> bool:
-    """The all-O collapse: a scored run whose every trial's pred_val.jsonl has no B- or I- tag. Without the
-    prediction files (cleaned up), a strict and relaxed F1 of exactly 0 (not one token of any gold span hit)."""
-    if not record.status.scored:
-        return False
-    files = [ws.trial_dir(record.run, index, seed, fold) / "pred_val.jsonl"
-             for index, (seed, fold) in enumerate(record.trial_keys)]
-    files = [path for path in files if path.is_file()]
-    if not files:
-        return record.strict_f1 == 0 and record.relaxed_f1 == 0
-    for path in files:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            return False
-        if any(tag != "O" for line in text.splitlines() if line.strip()
-               for tag in _tags(line)):
-            return False
-    return True
-
-
-def _tags(line: str) -> list[str]:
-    try:
-        tags = json.loads(line).get("tags")
-    except (ValueError, AttributeError):
-        return ["?"]  # unreadable: not evidence of a collapse
-    return [str(tag) for tag in tags] if isinstance(tags, list) else ["?"]
-
-
 def summarise(ws: Workspace, records: list[RunRecord], night: dict, full_trials: int) -> Summary:
     """Runs by status, training time per device, each worker's trials and busy seconds (trial.json), cost."""
     frame = pd.DataFrame([{"status": record.status.value, "seconds": record.seconds, "device": record.device,
@@ -337,8 +308,7 @@ def alerts(report: Report, floor: float) -> list[trust.Alert]:
     found = [trust.overfit_alert(strict.val_gain, strict.holdout_gain,
                                  strict.baseline_val.sd if strict.baseline_val else None, floor),
              trust.crash_alert(summary.counts.crashes, summary.counts.runs), trust.stop_alert(summary.stop_reason),
-             trust.collapse_alert(summary.counts.collapsed),
-             trust.plateau_alert([record.status.kept for record in report.records],
+             trust.collapse_alert(summary.counts.collapsed), trust.plateau_alert([record.status.kept for record in report.records],
                                  [timestamp(record) for record in report.records], summary.wall_seconds),
              *trust.exposure_alerts(summary.sandboxes.get("none", 0), summary.unpriced_runs, summary.cost_usd)]
     return [alert for alert in found if alert is not None]
@@ -354,29 +324,25 @@ def agent_rows(repo: Path, gold: Path | None) -> list[AgentRow]:
         return []
     rows = []
     for tag, night in found:
-        ws = Workspace(repo, tag)
-        records = read_night_records(ws)
+        records = read_night_records(ws := Workspace(repo, tag))
         best, baseline = state.best_record(records), state.baseline_record(records)
         strict = trust.compare(best, baseline, holdout_entries(repo, tag, gold), [])[0]
         kept = best is not baseline
         # Runs are train.py runs: a row that never trained (an invalid or stale proposal) cost no compute.
         ran = [record for record in records if record.status is not Status.INVALID]
         proposals = [record for record in ran if record.status is not Status.BASELINE]
-        data = "+".join(records[0].per_type) if records else ""  # a data set's entity types tell it apart
-        rows.append({"agent": night.get("agent") or "?", "data": data or "?", "runs": len(ran),
-                     "crashes": sum(record.status.failed for record in records), "invalid": len(records) - len(ran),
-                     "collapsed": sum(predicted_no_span(ws, record) for record in records),
-                     "keeps": sum(record.status is Status.KEEP for record in records),
+        rows.append({"agent": night.get("agent") or "?", "data": "+".join(records[0].per_type if records else ()) or "?",
+                     "runs": len(ran), "invalid": len(records) - len(ran), "crashes": sum(record.status.failed for record in records),
+                     "collapsed": sum(predicted_no_span(ws, record) for record in records), "keeps": sum(record.status is Status.KEEP for record in records),
                      "val_gain": strict.val_gain if kept else None, "holdout_gain": strict.holdout_gain if kept else None,
                      "first_keep": next((index + 1 for index, record in enumerate(proposals)
                                          if record.status is Status.KEEP), None),
                      "hours": wall_seconds(records, night) / 3600})
     frame = pd.DataFrame(rows).astype({"val_gain": float, "holdout_gain": float, "first_keep": float})
-    # Gains on different data sets are not comparable: one row per agent and data set.
+    # Gains on different data sets are not comparable: one row per agent and data set (told by its entity types).
     table = frame.groupby(["agent", "data"], sort=False).agg(
         nights=("runs", "size"), runs=("runs", "sum"), crashes=("crashes", "sum"), invalid=("invalid", "sum"),
-        collapsed=("collapsed", "sum"), keeps=("keeps", "sum"),
-        val_gain=("val_gain", "max"), holdout_gain=("holdout_gain", "max"), first_keep=("first_keep", "median"), hours=("hours", "sum"))
+        collapsed=("collapsed", "sum"), keeps=("keeps", "sum"), val_gain=("val_gain", "max"), holdout_gain=("holdout_gain", "max"), first_keep=("first_keep", "median"), hours=("hours", "sum"))
     table = table.astype(object).where(table.notna(), None)
     return [AgentRow(str(agent), str(data), *row) for (agent, data), row in zip(table.index, table.itertuples(index=False))]
 
