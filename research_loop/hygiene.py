@@ -30,6 +30,37 @@ def _encoding_problem(text: str) -> str | None:
     return None
 
 
+MAX_TRAIN_PY_BYTES = 512 * 1024  # a train.py larger than this is refused before it is committed
+
+
+def size_problem(text: str) -> str | None:
+    """Why a train.py text is too large to commit and run, or None (its UTF-8 size; lone surrogates count 3)."""
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size <= MAX_TRAIN_PY_BYTES:
+        return None
+    return f"{size:,} bytes, over the cap of {MAX_TRAIN_PY_BYTES // 1024} KB ({MAX_TRAIN_PY_BYTES:,} bytes)"
+
+
+def without_surrogates(value: object) -> object:
+    """`value` (a str, or lists and dicts of them) with every lone surrogate replaced by U+FFFD: what a
+    conversation may repeat to an API whose client must encode it as UTF-8."""
+    if isinstance(value, str):
+        return SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [without_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {key: without_surrogates(item) for key, item in value.items()}
+    return value
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encoding_problem(text: str) -> str | None:
+    """Why a text cannot be encoded as UTF-8 (a lone surrogate), named by its escape and line, or None."""
+    return _encoding_problem(text)
+
+
 def code_problem(text: str) -> str | None:
     """Why a train.py text cannot be accepted as source code, or None."""
     if not isinstance(text, str):

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import socket
 import sys
 from dataclasses import dataclass
@@ -384,6 +385,29 @@ def test_malformed_tool_calls_get_error_results_then_a_submit_succeeds(backend, 
     assert len(results) == 4 and all(is_error for is_error, _ in results), results
     assert "run_shell" in results[0][1]
     assert proposal.train_py == TRAIN_PY.replace(LR_LINE, NEW_LR_LINE)
+
+
+def test_a_lone_surrogate_is_refused_in_one_line_and_never_sent_back(backend, repo):
+    surrogate = NEW_LR_LINE + "  # \ud800"  # valid JSON ("\\ud800"), but not encodable as UTF-8
+    fake = backend.start([calls(edit(new=surrogate)), *good_session()])
+    proposal = backend.agent(fake, repo).propose(make_context(repo))
+
+    [(is_error, content)] = backend.results_after(fake, 0)
+    assert is_error and "\n" not in content and "lone surrogate" in content and "`new`" in content
+    assert proposal.train_py == TRAIN_PY.replace(LR_LINE, NEW_LR_LINE)  # the conversation went on to a submit
+    # The error names it as the ASCII text '\\ud800'; the character itself (or its JSON escape) never goes out.
+    sent = backend.everything_sent(fake)
+    assert "\ud800" not in sent and not re.search(r"(?<!\\)\\ud800", sent), sent
+
+
+def test_an_edit_past_the_size_cap_is_refused_in_one_line(backend, repo):
+    padding = "\n".join(f"# {index:06d} " + "x" * 90 for index in range(6000))  # about 600 KB of comments
+    fake = backend.start([calls(edit(new=NEW_LR_LINE + "\n" + padding)), *good_session()])
+    proposal = backend.agent(fake, repo).propose(make_context(repo))
+
+    [(is_error, content)] = backend.results_after(fake, 0)
+    assert is_error and "\n" not in content and "over the cap of 512 KB" in content and "not applied" in content
+    assert proposal.train_py == TRAIN_PY.replace(LR_LINE, NEW_LR_LINE)  # the big edit never reached train.py
 
 
 def test_a_reply_without_a_tool_call_is_nudged_once(backend, repo):

@@ -113,6 +113,25 @@ def test_non_compiling_proposal_is_invalid_without_training(repo):
     assert "does not compile" in agent.contexts[1].feedback
 
 
+def test_a_proposal_past_the_size_cap_is_invalid_before_any_commit(repo):
+    giant = FAKE_TRAIN_PY + "".join(f"# padding {index:07d} {'x' * 80}\n" for index in range(7000))  # ~650 KB
+    agent = ScriptedAgent([giant, ("QUALITY", 0.7)])
+    run_loop(config(repo, max_runs=3), agent)
+    assert statuses(repo) == ["baseline", "invalid", "keep"]
+    note = results(repo)[1]["note"]
+    assert f"train.py is {len(giant.encode()):,} bytes, over the cap of 512 KB" in note and "\n" not in note
+    assert results(repo)[1]["commit"] == ""
+    assert "over the cap of 512 KB" in agent.contexts[1].feedback
+    saved = repo / "runs" / TAG / "0001" / "proposal_train.py"
+    assert saved.stat().st_size < 512 * 1024 + 100  # the refused text is not kept whole either
+    tried = subprocess.run(["git", "-C", str(repo), "log", "--all", "--format=%H"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    for commit in tried:  # no commit anywhere holds the giant
+        size = subprocess.run(["git", "-C", str(repo), "cat-file", "-s", f"{commit}:train.py"], capture_output=True,
+                              text=True, check=False).stdout.strip()
+        assert not size or int(size) < 512 * 1024
+
+
 def test_unsandboxed_train_py_writing_a_protected_file_is_invalid_and_restored(repo):
     original = sha256_of(repo / "evaluate.py")
     tamper = set_constant(set_constant(FAKE_TRAIN_PY, "TAMPER_TARGET", str(repo / "evaluate.py")), "ACTION", "tamper")

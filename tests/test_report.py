@@ -148,7 +148,7 @@ def record(run: int, status: str, scores: list[float] = (), *, tag: str = "n1", 
 
 
 def write_night(repo: Path, tag: str, records: list[RunRecord], night: dict | None = None, stop: str | None = None,
-                current: bool = True, holdout_quality: dict[int, float] | None = None) -> Workspace:
+                current: bool = True, holdout_quality: dict[int, float] | None = None, types=None) -> Workspace:
     """night.json, results.tsv (the repository's when current, else the archived runs/<tag>/ copy), last_stop.json,
     and for each run in holdout_quality: pred_holdout.jsonl per trial and the loop's holdout scoring."""
     ws = Workspace(repo, tag)
@@ -157,7 +157,7 @@ def write_night(repo: Path, tag: str, records: list[RunRecord], night: dict | No
         ws.write_night({"tag": tag, "started": (START + timedelta(days=len(list((repo / "runs").iterdir())))).isoformat(),
                         **night})
     path = ws.results_path if current else ws.tag_dir / "results.tsv"
-    ledger = Ledger(path, repo.parent / f"mirror-{tag}.tsv", TYPES)
+    ledger = Ledger(path, repo.parent / f"mirror-{tag}.tsv", types or TYPES)
     for item in records:
         ledger.append(item)
     if stop:
@@ -437,15 +437,21 @@ def test_no_overfit_alert_without_the_baselines_holdout(fixture_repo, raw):
     assert "overfit" not in kinds(build_report(fixture_repo))
 
 
-def test_budget_warning_names_the_stop_reason(fixture_repo):
+def test_a_planned_stop_is_said_but_not_a_warning(fixture_repo):
     assert not kinds(build_report(fixture_repo)) & {"budget", "stopped"}
     Workspace(fixture_repo, "mar14").tag_dir.mkdir(parents=True)
-    Workspace(fixture_repo, "mar14").write_stop("--max-runs reached (25 runs)", ok=True, finished=True)
-    report = build_report(fixture_repo)
-    assert "budget" in kinds(report) and "--max-runs reached (25 runs)" in render_markdown(report)
+    for planned in ("--max-runs reached (25 runs)", "--max-hours reached (9.00 h)", "stopped by the STOP file (removed)"):
+        Workspace(fixture_repo, "mar14").write_stop(planned, ok=True, finished=True)
+        report = build_report(fixture_repo)
+        text = render_markdown(report)
+        assert not kinds(report) & {"budget", "stopped"}
+        assert f"- **stopped**: {planned}" in text
+        assert text.split("## Warnings")[1].split("##")[0].strip() == "None."
+    Workspace(fixture_repo, "mar14").write_stop("--max-cost-usd reached ($20.00)", ok=True, finished=True)
+    assert "budget" in kinds(build_report(fixture_repo))  # the agent's spending, not the user's plan, ended it
     Workspace(fixture_repo, "mar14").write_stop("stopped by Ctrl-C", ok=True, finished=False)
     text = rich_text(build_report(fixture_repo))
-    assert "Warnings" in text and "stopped by Ctrl-C" in text
+    assert "Warnings" in text and "! stopped: stopped by Ctrl-C" in text
 
 
 def test_markdown_has_the_numbers_in_pipe_tables(fixture_repo, raw):
@@ -752,27 +758,40 @@ def test_nights_by_agent(tmp_path):
     builtin_one = [record(0, "baseline", [0.50, 0.50, 0.50], tag="a"), record(1, "discard", [0.48], tag="a"),
                    record(2, "invalid", tag="a"), record(3, "keep", [0.53, 0.53, 0.53], tag="a")]
     optuna = [record(0, "baseline", [0.50, 0.50, 0.50], tag="b"), *(record(run, "discard", [0.49], tag="b")
-                                                                     for run in (1, 2, 3)), record(4, "invalid", tag="b")]
+                                                                     for run in (1, 2, 3)), record(4, "invalid", tag="b"),
+              record(5, "crash", tag="b")]
     builtin_two = [record(0, "baseline", [0.50, 0.50, 0.50], tag="c"), record(1, "discard", [0.49], tag="c"),
                    record(2, "discard", [0.48], tag="c"), record(3, "keep", [0.52, 0.52, 0.52], tag="c")]
     write_night(repo, "a", builtin_one, night={"agent": "builtin"}, current=False, holdout_quality={0: 0.6, 3: 0.7})
     write_night(repo, "b", optuna, night={"agent": "optuna"}, current=False)
     write_night(repo, "c", builtin_two, night={"agent": "builtin"})
-    report = build_report(repo)
-    assert report.tag == "c"
-    rows = {row.agent: row for row in report.agents}
-    assert set(rows) == {"builtin", "optuna"}
+    # A night on another data set (other entity types): its gain is not pooled with the others'.
+    other = [record(0, "baseline", [0.20, 0.20, 0.20], tag="d"), record(1, "keep", [0.40, 0.40, 0.40], tag="d"),
+             record(2, "crash", tag="d")]
+    for item in other:
+        item.per_type = {"Disease": item.strict_f1} if item.strict_f1 is not None else {}
+    write_night(repo, "d", other, night={"agent": "builtin"}, current=False, types=["Disease"])
+    report = build_report(repo, "c")
+    rows = {row.agent: row for row in report.agents if row.data == "Clinical+Social"}
+    assert {(row.agent, row.data) for row in report.agents} == {("builtin", "Clinical+Social"),
+                                                                 ("optuna", "Clinical+Social"), ("builtin", "Disease")}
+    disease = next(row for row in report.agents if row.data == "Disease")
+    assert (disease.nights, disease.runs, disease.crashes, disease.keeps) == (1, 3, 1, 1)
+    assert disease.best_val_gain == pytest.approx(0.20)
     builtin = rows["builtin"]
     # Runs are train.py runs: the proposals that never ran are counted apart, and not towards the first keep.
-    assert (builtin.nights, builtin.runs, builtin.invalid, builtin.keeps) == (2, 7, 1, 2)
+    assert (builtin.nights, builtin.runs, builtin.crashes, builtin.invalid, builtin.keeps) == (2, 7, 0, 1, 2)
+    assert (rows["optuna"].runs, rows["optuna"].crashes) == (5, 1)  # crashes ran, and are counted apart
     assert builtin.best_val_gain == pytest.approx(0.03) and builtin.runs_to_first_keep == 2.5  # median of 2 and 3
     entries = holdout.read_scores(holdout.scores_path(prepare.holdout_gold_path(repo / "data"), repo, "a"))
     assert builtin.best_holdout_gain == pytest.approx(entries[1]["strict_f1"] - entries[0]["strict_f1"])
     assert (rows["optuna"].nights, rows["optuna"].keeps, rows["optuna"].best_val_gain,
             rows["optuna"].runs_to_first_keep) == (1, 0, None, None)
     text = render_markdown(report)
-    assert "## Nights by agent" in text and "| optuna | 1 | 4 | 1 | 0 | n/a | n/a | n/a |" in text
-    assert "| builtin | 2 | 7 | 1 | 2 | +0.0300 |" in text
+    assert "## Nights by agent" in text
+    assert "| optuna | Clinical+Social | 1 | 5 | 1 | 0 | 1 | 0 | n/a | n/a | n/a |" in text
+    assert "| builtin | Clinical+Social | 2 | 7 | 0 | 0 | 1 | 2 | +0.0300 |" in text
+    assert "| builtin | Disease | 1 | 3 | 1 | 0 | 0 | 1 | +0.2000 |" in text
     assert build_report(repo, "b").tag == "b"  # an archived night still reports
     single = make_repo(tmp_path / "single")
     write_night(single, "a", builtin_one, night={"agent": "builtin"})
@@ -816,3 +835,126 @@ def test_progress_points_screened_runs_hollow(tmp_path):
     assert screened.get_facecolors().size == 0 or screened.get_facecolors()[0][3] == 0  # hollow
     labels = figure.axes[0].get_legend_handles_labels()[1]
     assert "screened out (1 seed)" in labels and "discarded (3 seeds)" in labels
+
+
+# ----- What matters in the morning: the all-O collapse, the noise at 0, 80 columns -----
+
+
+def test_runs_that_predicted_no_span_are_counted_and_flagged(tmp_path):
+    repo = make_repo(tmp_path)
+    ws = write_night(repo, "n1", confirm_night(), night={"agent": "builtin", "trials": 3})
+    write_jsonl(ws.trial_dir(1, 0, 42, None) / "pred_val.jsonl",
+                [{"id": "v0", "tags": ["O", "B-Clinical", "I-Clinical"]}, {"id": "v1", "tags": ["O"]}])
+    write_jsonl(ws.trial_dir(2, 0, 42, None) / "pred_val.jsonl", [{"id": "v0", "tags": ["O", "O", "O"]},
+                                                                   {"id": "v1", "tags": ["O"]}])
+    for index, seed in enumerate((42, 43, 44)):  # a confirmed run: one trial with a span is no collapse
+        write_jsonl(ws.trial_dir(3, index, seed, None) / "pred_val.jsonl",
+                    [{"id": "v0", "tags": ["B-Social" if index == 2 else "O"]}])
+    report = build_report(repo)
+    assert report.summary.counts.collapsed == (2,)
+    assert "collapse" in kinds(report)
+    text = render_markdown(report)
+    assert "1 run predicted no span at all (all O): run 2" in text
+    warnings = text.split("## Warnings")[1].split("## ")[0]
+    assert "all-O collapse: 1 run predicted no span at all (run 2); see its run.log" in warnings
+    assert offsets(progress_figure(report), "collapsed") == 1  # the run is marked in progress.png too
+    # Predictions cleaned up: a run with strict and relaxed F1 of exactly 0 is the same collapse.
+    zero = record(7, "discard", [0.0])
+    zero.set_scores([0.0], [0.0], {"Clinical": [0.0], "Social": [0.0]})
+    healthy = make_repo(tmp_path / "cleaned")
+    write_night(healthy, "n1", [record(0, "baseline", [0.5, 0.5, 0.5]), zero], night={"agent": "builtin"})
+    assert build_report(healthy).summary.counts.collapsed == (7,)
+
+
+def test_a_noise_of_zero_is_said_in_words(tmp_path):
+    repo = make_repo(tmp_path)
+    identical = [record(0, "baseline", [0.50, 0.50, 0.50]), record(1, "discard", [0.49])]
+    write_night(repo, "n1", identical, night={"agent": "builtin", "trials": 3})
+    lines = render_markdown(build_report(repo)).splitlines()
+    (noise,) = [line for line in lines if line.startswith("- noise:")]
+    floor = 1 / val_spans(repo)
+    assert "the trials measured none (sd 0.0000" in noise and f"sd {floor:.4f}" in noise
+    assert "(measured 0.0000)" not in noise
+    shutil.rmtree(repo / "data")  # no data/: no floor either
+    (noise,) = [line for line in render_markdown(build_report(repo)).splitlines() if line.startswith("- noise:")]
+    assert "none measured" in noise and "no gain can be judged" in noise
+    single = make_repo(tmp_path / "single")  # one baseline seed: nothing to measure a spread from
+    write_night(single, "n1", [record(0, "baseline", [0.50]), record(1, "discard", [0.49])],
+                night={"agent": "builtin", "trials": 1})
+    (noise,) = [line for line in render_markdown(build_report(single)).splitlines() if line.startswith("- noise:")]
+    assert "not measured yet" in noise and "measured none" not in noise and f"sd {floor:.4f}" in noise
+
+
+def wide_night(tmp_path) -> Path:
+    """Three nights (two agents, a crash, a collapse) and a consensus: every table of the report at once."""
+    repo = make_repo(tmp_path)
+    write_night(repo, "a", [record(0, "baseline", [0.50, 0.50, 0.50], tag="a"), record(1, "crash", tag="a")],
+                night={"agent": "optuna"}, current=False)
+    records = confirm_night()
+    records[1].direction = "tokenisation and subword alignment of the windows"
+    ws = write_night(repo, "n1", records, night={"agent": "anthropic", "trials": 3}, holdout_quality={0: 0.6, 4: 0.8},
+                     stop="--max-runs reached (7 runs)")
+    write_jsonl(ws.trial_dir(2, 0, 42, None) / "pred_val.jsonl", [{"id": "v0", "tags": ["O"]}])
+    summary = ws.run_dir(4) / "consensus" / "summary.json"
+    summary.parent.mkdir(parents=True)
+    shutil.copy2(FIXTURES / "consensus_summary.json", summary)
+    return repo
+
+
+def test_every_table_fits_80_columns_without_breaking_a_word(tmp_path, monkeypatch, capsys):
+    from research_loop.report_render import summary_lines, tables, trust_lines
+
+    from research_loop import cli_support
+
+    repo = wide_night(tmp_path)
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.chdir(tmp_path)  # the closing "plot: PATH" line is short whatever the temporary folder
+    assert cli_support.report(repo, "n1", "rich", Path("p.png"), lambda text, err=False: print(text)) == 0
+    out = capsys.readouterr().out
+    report = build_report(repo, "n1")
+    words = set()
+    for text in [*(f"{label} {text}" for label, text in summary_lines(report)), *trust_lines(report),
+                 *(alert.message for alert in report.alerts), f"Morning report: autoresearch/{report.tag}",
+                 "Warnings ! How far to trust it - (none) plot: p.png"]:
+        words.update(text.split())
+    for heading, header, body in tables(report):
+        for text in [heading, *header, *(cell for row in body for cell in row)]:
+            words.update(text.split())
+    assert "Nights by agent" in out and "LLM consensus" in out and "Kept changes" in out
+    assert "--max-runs reached (7 runs)" in out
+    for line in out.splitlines():
+        assert len(line) <= 80, line
+        for token in line.translate({ord(char): " " for char in "│┃─━┏┓┗┛┡┩└┘┌┐╭╮╰╯├┤┼╇╈┳┻╋┬┴═║"}).split():
+            assert token in words, f"{token!r} (a broken word?) in: {line}"
+
+
+@pytest.mark.parametrize("runs", [1, 3])
+def test_progress_axes_of_a_short_night(tmp_path, runs):
+    repo = make_repo(tmp_path)
+    records = [record(0, "baseline", [0.50, 0.50, 0.50]), record(1, "discard", [0.0]),
+               record(2, "keep", [0.55, 0.55, 0.55])][:runs]
+    ws = write_night(repo, "n1", records, night={"agent": "builtin", "trials": 3})
+    if runs == 3:
+        write_jsonl(ws.trial_dir(1, 0, 42, None) / "pred_val.jsonl", [{"id": "v0", "tags": ["O"]}])
+    # The holdout scored exactly what val scored: the diamond lies on the keep's point.
+    path = holdout.scores_path(prepare.holdout_gold_path(repo / "data"), repo, "n1")
+    for item in records:
+        if item.status.kept:
+            holdout.append_score(path, {"run": str(item.run), "commit": item.commit, "role": "keep",
+                                        "strict_f1": item.strict_f1, "relaxed_f1": item.relaxed_f1, "per_type": {},
+                                        "seed_scores": [item.strict_f1]})
+    report = build_report(repo)
+    figure = progress_figure(report)
+    axes = figure.axes[0]
+    low, high = axes.get_ylim()
+    top = max(item.strict_f1 for item in records)
+    assert low >= 0 and high >= top + 0.05
+    assert low <= min(item.strict_f1 for item in records)
+    ticks = [tick for tick in axes.get_xticks() if axes.get_xlim()[0] <= tick <= axes.get_xlim()[1]]
+    assert ticks == list(range(runs))  # whole runs only, one tick each
+    diamonds = next(collection for collection in axes.collections if collection.get_gid() == "holdout")
+    assert diamonds.get_facecolors().size == 0 or diamonds.get_facecolors()[0][3] == 0  # hollow: the keep shows
+    kept = next(collection for collection in axes.collections if collection.get_gid() == "kept")
+    assert diamonds.get_sizes()[0] > kept.get_sizes()[0]  # and drawn around it, not under it
+    assert offsets(figure, "collapsed") == (1 if runs == 3 else 0)
+    assert plot_progress(report, tmp_path / f"progress-{runs}.png").stat().st_size > 0

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import anthropic
 
+from ..hygiene import without_surrogates
 from . import prompt
 from .base import AgentError, Context, Proposal, Usage
 from .conversation import Reply, ToolCall, converse, retryable_status
@@ -197,8 +198,8 @@ class MessagesConversation:
             ]
         except (AttributeError, KeyError, TypeError) as err:
             raise unreadable(f"a content block is malformed: {err}") from err
-        if content:
-            self.messages.append({"role": "assistant", "content": content})
+        if content:  # repeated in every later request: a lone surrogate would make it unencodable
+            self.messages.append({"role": "assistant", "content": without_surrogates(content)})
         return Reply(
             tool_calls=calls,
             usage=call_usage(self.model, response.usage),

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import openai
 
+from ..hygiene import without_surrogates
 from . import prompt
 from .base import AgentError, Context, Proposal, Usage
 from .conversation import Reply, ToolCall, converse, retryable_status
@@ -236,7 +237,7 @@ class ChatConversation:
         """The reply as later requests repeat it: rebuilt, so made-up ids and bad JSON stay consistent."""
         if not text and not calls:
             return
-        entry: dict = {"role": "assistant", "content": text or ""}
+        entry: dict = {"role": "assistant", "content": without_surrogates(text or "")}
         if calls:
             entry["tool_calls"] = [
                 {
@@ -244,7 +245,7 @@ class ChatConversation:
                     "type": "function",
                     "function": {
                         "name": call.name,
-                        "arguments": json.dumps(call.arguments) if call.problem is None else "{}",
+                        "arguments": json.dumps(without_surrogates(call.arguments)) if call.problem is None else "{}",
                     },
                 }
                 for call in calls

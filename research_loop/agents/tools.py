@@ -13,7 +13,14 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from research_loop.records.integrity import FIXED_FILES
 
-from ..hygiene import code_problem, collapse_whitespace, line_problem, printable
+from ..hygiene import (
+    code_problem,
+    collapse_whitespace,
+    encoding_problem,
+    line_problem,
+    printable,
+    size_problem,
+)
 from ..redact import redact
 from ..safe_io import UnsafeFile, read_text
 
@@ -124,6 +131,10 @@ class ToolSession:
             if name not in TOOL_ARGUMENTS:
                 raise ToolError(f"unknown tool {name!r}; the tools are {', '.join(TOOL_ARGUMENTS)}")
             kwargs = check_arguments(name, arguments)
+            for key, value in kwargs.items():  # nothing that cannot be encoded is applied or echoed back
+                problem = encoding_problem(value)
+                if problem:
+                    raise ToolError(f"{name}: `{key}` has {problem}; send plain UTF-8 text")
             return ToolResult(getattr(self, name)(**kwargs))
         except ToolError as err:
             return ToolResult(f"error: {err}", is_error=True)
@@ -151,7 +162,11 @@ class ToolSession:
             hint = "copy it exactly from train.py" if matches == 0 else "add surrounding lines to make it unique"
             raise ToolError(f"`old` matches {matches} times in train.py (must match exactly once); {hint}")
         start = self.train_py.index(old)
-        self.train_py = self.train_py[:start] + new + self.train_py[start + len(old) :]
+        edited = self.train_py[:start] + new + self.train_py[start + len(old) :]
+        too_large = size_problem(edited)
+        if too_large:
+            raise ToolError(f"the edit would make train.py {too_large}; not applied, make a smaller change")
+        self.train_py = edited
         first = self.train_py.count("\n", 0, start) + 1
         last = first + new.count("\n")
         return f"ok: replaced 1 occurrence; train.py lines {first}-{last} now read:\n{new}"

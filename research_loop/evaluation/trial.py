@@ -168,3 +168,32 @@ class Trial:
     @property
     def idle(self) -> bool:
         return not self.running
+
+
+def predicted_no_span(ws, record) -> bool:
+    """The all-O collapse: a scored run whose every trial's pred_val.jsonl has no B- or I- tag. Without the
+    prediction files (cleaned up), a strict and relaxed F1 of exactly 0 (not one token of any gold span hit)."""
+    if not record.status.scored:
+        return False
+    files = [ws.trial_dir(record.run, index, seed, fold) / "pred_val.jsonl"
+             for index, (seed, fold) in enumerate(record.trial_keys)]
+    files = [path for path in files if path.is_file()]
+    if not files:
+        return record.strict_f1 == 0 and record.relaxed_f1 == 0
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return False
+        if any(tag != "O" for line in text.splitlines() if line.strip()
+               for tag in _tags(line)):
+            return False
+    return True
+
+
+def _tags(line: str) -> list[str]:
+    try:
+        tags = json.loads(line).get("tags")
+    except (ValueError, AttributeError):
+        return ["?"]  # unreadable: not evidence of a collapse
+    return [str(tag) for tag in tags] if isinstance(tags, list) else ["?"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from research_loop.agents.base import Proposal, Usage
 from research_loop.config_block import normalised
 from research_loop.evaluation.trial import Candidate
-from research_loop.hygiene import code_problem
+from research_loop.hygiene import MAX_TRAIN_PY_BYTES, code_problem
 from research_loop.hygiene import collapse_whitespace as one_line
 from research_loop.night.session import Session
 from research_loop.night.stopping import Stop
@@ -78,7 +78,10 @@ class Intake:
             folder = session.ws.run_dir(run)
             folder.mkdir(parents=True, exist_ok=True)
             text = proposal.train_py if isinstance(proposal.train_py, str) else repr(proposal.train_py)
-            (folder / "proposal_train.py").write_bytes(text.encode("utf-8", errors="backslashreplace"))
+            data = text.encode("utf-8", errors="backslashreplace")
+            if len(data) > MAX_TRAIN_PY_BYTES:  # a refused giant is kept only as far as the cap
+                data = data[:MAX_TRAIN_PY_BYTES] + f"\n# ... cut: the proposal was {len(data):,} bytes\n".encode()
+            (folder / "proposal_train.py").write_bytes(data)
         cost, tokens_in, tokens_out = self._usage_fields()
         safe = Proposal(train_py="", hypothesis=_safe_line(proposal.hypothesis), direction=_safe_line(proposal.direction))
         record = self.recorder.blank(run, Status.INVALID, note, proposal=safe)

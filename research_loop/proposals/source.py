@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from research_loop.agents.base import Agent, AgentError, Context, Proposal, Usage
-from research_loop.hygiene import code_problem, line_problem
+from research_loop.hygiene import code_problem, line_problem, size_problem
 from research_loop.night.stopping import Stop, StopControl
 
 MAX_AGENT_WAIT_S = 300.0  # the back-off never waits longer than this between two asks
@@ -29,6 +29,9 @@ def compile_error(text: str) -> str | None:
     problem = code_problem(text)
     if problem:
         return f"train.py has {problem}"
+    too_large = size_problem(text)
+    if too_large:
+        return f"train.py is {too_large}"
     try:
         compile(text, "train.py", "exec")
     except SyntaxError as exc:

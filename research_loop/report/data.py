@@ -18,6 +18,7 @@ from research_loop.evaluation import diagnostics
 from research_loop.evaluation import holdout as holdout_file
 from research_loop.evaluation.dataviews import DataViews
 from research_loop.evaluation.scoring import import_file
+from research_loop.evaluation.trial import predicted_no_span
 from research_loop.night.folders import PROGRAM_FILE, Workspace, latest_tag, nights, read_json
 from research_loop.records import current_state as state
 from research_loop.records.ledger import read_records
@@ -43,6 +44,7 @@ class Counts:
     timeouts: int
     invalid: int
     screened: int  # discards that never got past the first trial's screen
+    collapsed: tuple[int, ...] = ()  # runs that predicted no span at all (every tag O): the all-O collapse
 
 
 @dataclass
@@ -93,9 +95,12 @@ class AgentRow:
     """One agent over the repository's nights: what it ran, kept and gained."""
 
     agent: str
+    data: str  # the data set, as its entity types (results.tsv's strict_f1_<TYPE> columns)
     nights: int
     runs: int  # train.py runs, the baseline included
+    crashes: int  # of those, crashes and timeouts
     invalid: int  # proposals that never ran (invalid or stale)
+    collapsed: int  # scored runs that predicted no span at all
     keeps: int
     best_val_gain: float | None
     best_holdout_gain: float | None
@@ -217,7 +222,8 @@ def summarise(ws: Workspace, records: list[RunRecord], night: dict, full_trials:
 
     counts = Counts(runs=len(frame), baseline=runs("baseline"), keeps=runs("keep"), discards=runs("discard"),
                     crashes=runs("crash") + runs("timeout"), timeouts=runs("timeout"), invalid=runs("invalid"),
-                    screened=int(((frame["status"] == "discard") & (frame["trials"] < full_trials)).sum()))
+                    screened=int(((frame["status"] == "discard") & (frame["trials"] < full_trials)).sum()),
+                    collapsed=tuple(record.run for record in records if predicted_no_span(ws, record)))
     ran = frame[frame["status"] != "invalid"]
     busy: dict[str, list[float]] = {}
     for record in records:  # every trial that ran, scored or not
@@ -305,7 +311,7 @@ def alerts(report: Report, floor: float) -> list[trust.Alert]:
     found = [trust.overfit_alert(strict.val_gain, strict.holdout_gain,
                                  strict.baseline_val.sd if strict.baseline_val else None, floor),
              trust.crash_alert(summary.counts.crashes, summary.counts.runs), trust.stop_alert(summary.stop_reason),
-             trust.plateau_alert([record.status.kept for record in report.records],
+             trust.collapse_alert(summary.counts.collapsed), trust.plateau_alert([record.status.kept for record in report.records],
                                  [timestamp(record) for record in report.records], summary.wall_seconds),
              *trust.exposure_alerts(summary.sandboxes.get("none", 0), summary.unpriced_runs, summary.cost_usd)]
     return [alert for alert in found if alert is not None]
@@ -321,25 +327,27 @@ def agent_rows(repo: Path, gold: Path | None) -> list[AgentRow]:
         return []
     rows = []
     for tag, night in found:
-        records = read_night_records(Workspace(repo, tag))
+        records = read_night_records(ws := Workspace(repo, tag))
         best, baseline = state.best_record(records), state.baseline_record(records)
         strict = trust.compare(best, baseline, holdout_entries(repo, tag, gold), [])[0]
         kept = best is not baseline
         # Runs are train.py runs: a row that never trained (an invalid or stale proposal) cost no compute.
         ran = [record for record in records if record.status is not Status.INVALID]
         proposals = [record for record in ran if record.status is not Status.BASELINE]
-        rows.append({"agent": night.get("agent") or "?", "runs": len(ran), "invalid": len(records) - len(ran),
-                     "keeps": sum(record.status is Status.KEEP for record in records),
+        rows.append({"agent": night.get("agent") or "?", "data": "+".join(records[0].per_type if records else ()) or "?",
+                     "runs": len(ran), "invalid": len(records) - len(ran), "crashes": sum(record.status.failed for record in records),
+                     "collapsed": sum(predicted_no_span(ws, record) for record in records), "keeps": sum(record.status is Status.KEEP for record in records),
                      "val_gain": strict.val_gain if kept else None, "holdout_gain": strict.holdout_gain if kept else None,
                      "first_keep": next((index + 1 for index, record in enumerate(proposals)
                                          if record.status is Status.KEEP), None),
                      "hours": wall_seconds(records, night) / 3600})
     frame = pd.DataFrame(rows).astype({"val_gain": float, "holdout_gain": float, "first_keep": float})
-    table = frame.groupby("agent", sort=False).agg(
-        nights=("runs", "size"), runs=("runs", "sum"), invalid=("invalid", "sum"), keeps=("keeps", "sum"),
-        val_gain=("val_gain", "max"), holdout_gain=("holdout_gain", "max"), first_keep=("first_keep", "median"), hours=("hours", "sum"))
+    # Gains on different data sets are not comparable: one row per agent and data set (told by its entity types).
+    table = frame.groupby(["agent", "data"], sort=False).agg(
+        nights=("runs", "size"), runs=("runs", "sum"), crashes=("crashes", "sum"), invalid=("invalid", "sum"),
+        collapsed=("collapsed", "sum"), keeps=("keeps", "sum"), val_gain=("val_gain", "max"), holdout_gain=("holdout_gain", "max"), first_keep=("first_keep", "median"), hours=("hours", "sum"))
     table = table.astype(object).where(table.notna(), None)
-    return [AgentRow(str(agent), *row) for agent, row in zip(table.index, table.itertuples(index=False))]
+    return [AgentRow(str(agent), str(data), *row) for (agent, data), row in zip(table.index, table.itertuples(index=False))]
 
 
 def consensus_result(path: Path) -> ConsensusResult:

@@ -31,6 +31,17 @@ def running_best(report: Report) -> tuple[list[int], list[float]]:
     return runs, scores
 
 
+HEADROOM = 0.05  # the F1 axis reaches at least this far above the highest point
+
+
+def f1_range(values: list[float]) -> tuple[float, float]:
+    """The F1 axis: from a little below the lowest point (never below 0: no negative F1 on show) to at least
+    HEADROOM above the highest, so one run, or scores that coincide, still get a readable axis."""
+    low, high = (min(values), max(values)) if values else (0.0, 0.0)
+    pad = max(0.1 * (high - low), 0.01)
+    return max(0.0, low - max(pad, HEADROOM)), high + max(pad, HEADROOM)
+
+
 def progress_figure(report: Report) -> Figure:
     figure = Figure(figsize=(10, 5.5), layout="constrained")
     axes = figure.add_subplot()
@@ -59,12 +70,24 @@ def progress_figure(report: Report) -> Figure:
     holdout = [(record.run, holdout_entry(report.holdout, record.run)) for record in kept]
     holdout = [(run, float(entry["strict_f1"])) for run, entry in holdout if entry and entry.get("strict_f1") is not None]
     if holdout:
-        axes.scatter(*zip(*holdout), marker="D", color="tab:blue", s=36, label="holdout (blind)", gid="holdout",
-                     zorder=4)
+        # Hollow and larger: a holdout score equal to the run's val score leaves the red point visible inside.
+        axes.scatter(*zip(*holdout), marker="D", facecolors="none", edgecolors="tab:blue", linewidths=1.5, s=90,
+                     label="holdout (blind)", gid="holdout", zorder=4)
+    collapsed = [record for record in scored if record.run in report.summary.counts.collapsed]
+    if collapsed:
+        axes.scatter(*_points(collapsed), marker="s", facecolors="none", edgecolors="darkorange", linewidths=1.5,
+                     s=110, label="all O (predicted no span)", gid="collapsed", zorder=5)
     axes.set_title(f"autoresearch/{report.tag}: strict F1 by run")
     axes.set_xlabel("run")
     axes.set_ylabel("strict F1 (mean over the trials a run got)")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    runs = [record.run for record in report.records] or [0]
+    axes.set_xlim(min(runs) - 0.5, max(runs) + 0.5)
+    if max(runs) - min(runs) < 10:  # the integer locator falls back to fractions on a range under one run
+        axes.set_xticks(range(min(runs), max(runs) + 1))
+    for collection in axes.collections:  # a point at F1 0 sits on the axis whole, not cut in half
+        collection.set_clip_on(False)
+    axes.set_ylim(*f1_range([*_points(scored)[1], *(score for _, score in holdout)]))
     axes.grid(alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
         axes.legend(loc="best")

@@ -3,6 +3,7 @@ number comes from report.build_report(). A score always carries its trial count 
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
@@ -93,6 +94,9 @@ def summary_lines(report: Report) -> list[tuple[str, str]]:
     screened = f" ({counts.screened} screened out after one {unit})" if counts.screened else ""
     runs = (f"{counts.runs} runs: baseline {counts.baseline}, keeps {counts.keeps}, discards {counts.discards}"
             f"{screened}, crashes {counts.crashes} (timeouts {counts.timeouts}), invalid {counts.invalid}")
+    if counts.collapsed:
+        runs += (f"; {plural(len(counts.collapsed), 'run')} predicted no span at all (all O): "
+                 f"run{'s' if len(counts.collapsed) != 1 else ''} {', '.join(map(str, counts.collapsed))}")
     night = report.night
     evaluation = (f"{night.get('folds', report.full_trials)}-fold cross-validation over train and val (strict F1 "
                   "pooled over the folds)" if unit == "fold" else "val")
@@ -125,8 +129,7 @@ def trust_lines(report: Report) -> list[str]:
     found, unit, lines = report.trust, report.unit, []
     noise = found.noise
     if noise is not None:
-        where = f"{noise.sd:.4f} ({noise.source})" if noise.source.startswith("floor") else noise.describe()
-        lines.append(f"noise: sd of one paired difference {where}")
+        lines.append(noise_line(noise))
     if found.paired is not None:
         lines.append(f"gain on {'the folds' if unit == 'fold' else 'val'}, paired over "
                      f"{plural(found.paired.n, unit)} (t interval): {format_interval(found.paired)}")
@@ -143,6 +146,23 @@ def trust_lines(report: Report) -> list[str]:
                      f"(sigma_gain {shrink.sigma_gain:.4f} x E[max of {shrink.proposals} normals] "
                      f"{shrink.expected_max:.2f}), so expect about {shrink.shrunk_gain:+.4f}")
     return lines + found.missing
+
+
+def noise_line(noise) -> str:
+    """The night's noise, in words that still make sense when the measured noise is 0."""
+    measured_zero = noise.source.startswith("floor") and noise.source.endswith("(measured 0.0000)")
+    if noise.sd == 0:
+        measured = "not measured yet" if noise.df == 0 else "none measured (sd 0.0000)"
+        return f"noise: {measured} and no floor (data/ unreadable): no gain can be judged against the noise"
+    if measured_zero and noise.df == 0:
+        return (f"noise: not measured yet (too few trials to measure it); the margin uses the floor instead, one "
+                f"gold span of a trial's rows, sd {noise.sd:.4f}")
+    if measured_zero:
+        return (f"noise: the trials measured none (sd 0.0000: identical scores, e.g. deterministic training); "
+                f"the margin uses the floor instead, one gold span of a trial's rows, sd {noise.sd:.4f}")
+    if noise.source.startswith("floor"):
+        return f"noise: sd of one paired difference {noise.sd:.4f} ({noise.source})"
+    return f"noise: sd of one paired difference {noise.describe()}"
 
 
 def _pair(scores: tuple[float, float] | None, own: tuple[float, float] | None, index: int) -> str:
@@ -177,9 +197,11 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     if report.errors is not None:
         out.append(error_table(report))
     if report.agents:
-        out.append(("Nights by agent", ["agent", "nights", "runs", "not run", "keeps", "best val gain",
-                                        "best holdout gain", "runs to first keep", "hours"],
-                    [[row.agent, str(row.nights), str(row.runs), str(row.invalid), str(row.keeps),
+        out.append(("Nights by agent (one row per data set)",
+                    ["agent", "data", "nights", "runs", "crashes", "all O", "not run", "keeps", "best val gain",
+                     "best holdout gain", "runs to first keep", "hours"],
+                    [[row.agent, row.data, str(row.nights), str(row.runs), str(row.crashes), str(row.collapsed),
+                      str(row.invalid), str(row.keeps),
                       format_gain(row.best_val_gain),
                       format_gain(row.best_holdout_gain),
                       NA if row.runs_to_first_keep is None else f"{row.runs_to_first_keep:g}", f"{row.hours:.1f}"]
@@ -234,13 +256,59 @@ def render_rich(report: Report) -> Group:
     trust = Text("\n").join(Text(f"- {line}") for line in trust_lines(report))
     parts.append(Panel(trust, title="How far to trust it", expand=False))
     for heading, header, body in tables(report):
-        table = Table(title=heading, title_justify="left")
-        for column in header:
-            table.add_column(column, overflow="fold")
-        for cells in body:
-            table.add_row(*(Text(cell) for cell in cells))
-        parts.append(table)
+        parts.append(FittedTable(heading, header, body))
     return Group(*parts)
+
+
+def _longest_word(texts: list[str]) -> int:
+    return max((len(word) for text in texts for word in text.split()), default=1)
+
+
+class FittedTable:
+    """A table that never breaks a word: as columns when every column fits its longest word in the console's
+    width, else one small two-column table per row (column name, value), which wraps only between words."""
+
+    def __init__(self, heading: str, header: list[str], body: list[list[str]]):
+        self.heading, self.header, self.body = heading, header, body
+
+    def widths(self, available: int) -> list[int]:
+        """Each column at least its longest word; the space left shared by how much more each one would use."""
+        cells = [[column, *(row[index] for row in self.body)] for index, column in enumerate(self.header)]
+        low = [_longest_word(texts) for texts in cells]
+        high = [max(len(text) for text in texts) for texts in cells]
+        spare = available - self.needed_width()
+        want = [top - bottom for bottom, top in zip(low, high)]
+        if spare >= sum(want):
+            return high
+        extra = [spare * more // sum(want) for more in want]
+        return [bottom + more for bottom, more in zip(low, extra)]
+
+    def columns(self, available: int) -> Table:
+        table = Table(title=self.heading, title_justify="left")
+        for column, width in zip(self.header, self.widths(available)):
+            table.add_column(column, overflow="fold", width=width)
+        for cells in self.body:
+            table.add_row(*(Text(cell) for cell in cells))
+        return table
+
+    def needed_width(self) -> int:
+        widths = [_longest_word([column, *(row[index] for row in self.body)]) for index, column in enumerate(self.header)]
+        return sum(widths) + 3 * len(widths) + 1  # a padding space each side, and the borders
+
+    def __rich_console__(self, console, options):
+        if self.needed_width() <= options.max_width:
+            yield self.columns(options.max_width)
+            return
+        yield Text(self.heading, style="italic")
+        if not self.body:
+            yield Text("(none)")
+        for cells in self.body:
+            table = Table(show_header=False, box=box.SIMPLE, padding=(0, 1))
+            table.add_column(style="bold", min_width=_longest_word(self.header))
+            table.add_column(overflow="fold")
+            for column, cell in zip(self.header, cells):
+                table.add_row(Text(column), Text(cell))
+            yield table
 
 
 def _cell(text: str) -> str:

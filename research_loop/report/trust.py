@@ -294,8 +294,24 @@ def crash_alert(crashes: int, runs: int) -> Alert | None:
                             "see the logs under runs/")
 
 
+# How a night ends as planned (stopping.py's reasons): a budget the user set, or the STOP file. Not a warning;
+# the summary's "stopped" line says it. --max-cost-usd stays a warning: the agent's spending ended the night.
+PLANNED_STOPS = ("--max-runs reached", "--max-hours reached", "stopped by the STOP file")
+
+
 def stop_alert(reason: str | None) -> Alert | None:
-    return Alert("budget" if "reached" in reason else "stopped", f"stopped: {reason}") if reason else None
+    if not reason or reason.startswith(PLANNED_STOPS):
+        return None
+    return Alert("budget" if "reached" in reason else "stopped", f"stopped: {reason}")
+
+
+def collapse_alert(runs: tuple[int, ...] | list[int]) -> Alert | None:
+    """The all-O collapse: runs that predicted no span at all (a score of 0 that says nothing about the idea)."""
+    if not runs:
+        return None
+    listed = ", ".join(map(str, runs))
+    return Alert("collapse", f"all-O collapse: {len(runs)} run{'s' if len(runs) != 1 else ''} predicted no span at "
+                             f"all (run{'s' if len(runs) != 1 else ''} {listed}); see {'their' if len(runs) != 1 else 'its'} run.log")
 
 
 def plateau_alert(kept: list[bool], stamps: list[datetime | None], wall_seconds: float) -> Alert | None:
