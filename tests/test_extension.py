@@ -54,7 +54,7 @@ def test_a_toy_policy_agent_and_sandbox_run_a_night(extended, tmp_path, prepared
     repo = make_repo(tmp_path, prepared_task7)
     printed = []
     options = cli_support.RunOptions(tag="ext", agent="toy", policy="keep-everything", sandbox="toybox",
-                                     max_runs=3)
+                                     max_runs=3, lookahead=0)  # one proposal at a time: each on the last keep
     code = cli_support.run_night(repo, options, lambda line, err=False: printed.append(line))
     assert code == 0, printed
     rows = results(repo)

@@ -902,9 +902,8 @@ def wide_night(tmp_path) -> Path:
 
 
 def test_every_table_fits_80_columns_without_breaking_a_word(tmp_path, monkeypatch, capsys):
-    from research_loop.report_render import summary_lines, tables, trust_lines
-
-    from research_loop import cli_support
+    from research_loop.cli import commands as cli_support
+    from research_loop.report.render import summary_lines, tables, trust_lines
 
     repo = wide_night(tmp_path)
     monkeypatch.setenv("COLUMNS", "80")

@@ -2,7 +2,7 @@
 
 build_report(repo, tag) reads a night's files (results.tsv, night.json, last_stop.json, the loop-only holdout
 scores and predictions, consensus summaries, and every night of the repository for the agent comparison)
-into a Report. report_render.py formats it; report_plot.py draws progress.png; trust.py does the statistics.
+into a Report. render.py formats it; plot.py draws progress.png; trust.py does the statistics.
 """
 
 from __future__ import annotations
