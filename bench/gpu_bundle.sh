@@ -60,7 +60,7 @@ for f in tokenizer.json tokenizer_config.json special_tokens_map.json vocab.txt;
   cp "$MODEL_DIR/$f" "$OUT/tokenizer/"
 done
 
-mib() { du -sm --apparent-size "$1" | cut -f1; }
+mib() { find "$1" -type f -printf '%s\n' | awk '{s += $1} END {print int((s + 1048575) / 1048576)}'; }
 # 4. MiniLM in fp16, if it fits
 if [ "$MINILM" = 1 ]; then
   mkdir -p "$OUT/minilm"
@@ -81,7 +81,7 @@ EOF
   fi
 fi
 
-TOTAL=$(du -sb "$OUT" | cut -f1)
+TOTAL=$(find "$OUT" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')  # file bytes
 TOTAL_MIB=$(( (TOTAL + 1048575) / 1048576 ))
 echo "bundle $OUT: $(ls "$OUT/wheels" | wc -l) wheels; $(du -sh --apparent-size "$OUT/wheels" | cut -f1) wheels," \
   "$(du -sh --apparent-size "$OUT/source" | cut -f1) data, $(du -sh --apparent-size "$OUT/tokenizer" | cut -f1) tokenizer," \

@@ -185,6 +185,7 @@ def section_speed(result: dict, tiny: bool, device_name: str, data_dir: Path, st
     sys.path.insert(0, str(ROOT / "bench"))
     sys.path.insert(0, str(ROOT))
     import gpu_speed  # its time_recipe drives train.train() with train.py's settings (and patch)
+
     import train
     from prepare import load_labels, load_split
 
@@ -207,7 +208,6 @@ def section_speed(result: dict, tiny: bool, device_name: str, data_dir: Path, st
         # two passes over the sample: the first warms up (kernels, allocator), the second is timed
         row = gpu_speed.time_recipe(name, overrides, config, sample, num_labels, device, epochs=2)
         row["est_full_run_s"] = row["ms_per_step"] / 1000 * steps_per_epoch * train.EPOCHS
-        row["params_M"] = None
         result["recipes"][name] = {key: row[key] for key in
                                    ("ms_per_step", "peak_gib", "est_full_run_s", "final_loss", "overrides")}
     vanilla, default = result["recipes"]["vanilla eager fp32"], result["recipes"]["train.py default"]
@@ -259,7 +259,7 @@ def make_repo(work: Path, source: Path) -> Path:
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, repo / name)
     text = (repo / "train.py").read_text()
-    text, count = re.subn(r'^MODEL_NAME = "[^"]*"', f'MODEL_NAME = "{MODEL_ID}"', text, count=1, flags=re.M)
+    text, count = re.subn(r'^MODEL_NAME = "[^"]*"', f'MODEL_NAME = "{MODEL_ID}"', text, count=1, flags=re.MULTILINE)
     if count != 1:
         raise RuntimeError("train.py has no MODEL_NAME line to point at the local model")
     (repo / "train.py").write_text(text)
@@ -286,6 +286,7 @@ def section_train_py(result: dict, work: Path, repo: Path, device: str, tiny: bo
         argv += ["--limit", "32"]
     code, wall, timed_out = run_child(argv, repo, child_env(work), log, budget_s)
     result.update({"command": "python train.py " + " ".join(argv[2:]), "exit_code": code, "wall_s": round(wall, 1),
+                   "timed_out": timed_out,
                    "model": f"{MODEL_ID}: random-init DeBERTa v1 ({'tiny' if tiny else 'large'} config), "
                             "tokenizer from all-MiniLM-L6-v2 (BERT WordPiece, 30522 ids; it travels, "
                             "microsoft/deberta-large's BPE does not)"})
@@ -349,7 +350,7 @@ def gpu_sampler(stop: threading.Event, samples: list) -> None:
     while not stop.wait(0.5):
         try:
             samples.append(torch.cuda.utilization())
-        except Exception:  # no NVML: the busy share stays unknown
+        except Exception:  # noqa: BLE001 (no NVML, whatever the error: the busy share stays unknown)
             return
 
 
@@ -439,19 +440,24 @@ def main(argv=None) -> int:
                                "budget_s": args.budget_s, "work": str(work)})
 
     def on_term(signum, frame):
-        if CHILD is not None and CHILD.poll() is None:
-            os.killpg(CHILD.pid, signal.SIGKILL)
+        if CHILD is not None and CHILD.poll() is None:  # its group: SIGTERM, then SIGKILL after 5 s
+            os.killpg(CHILD.pid, signal.SIGTERM)
+            try:
+                CHILD.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(CHILD.pid, signal.SIGKILL)
         report.finish("killed", f"signal {signum} after {time.time() - start:.0f} s")
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
-    left = lambda: args.budget_s - (time.time() - start)  # noqa: E731
+    def left() -> float:
+        return args.budget_s - (time.time() - start)
 
     def section(name, fn, *fargs):
         result = report.start(name)
         try:
             status = fn(result, *fargs) or "ok"
-        except Exception as error:  # a section's failure is a result; the next section still runs
+        except Exception as error:  # noqa: BLE001 (a failure is a result; the next section runs)
             result["error"] = f"{type(error).__name__}: {str(error)[-800:]}"
             status = "failed"
         report.finish(status)
