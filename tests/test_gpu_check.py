@@ -3,6 +3,7 @@ the report a GPU run would, a SIGTERM keeps what was done, and the bundle stays 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -69,7 +70,7 @@ def test_tiny_check_runs_every_section_and_reports_them(tiny_check):
     assert loop["runs_per_hour"] > 0 and 0 < loop["loop_overhead_share"] < 1
     assert loop["sandbox"].startswith(("sandboxed", "UNSANDBOXED"))
     assert loop["workers_2"].startswith("skipped") == (
-        __import__("importlib").util.find_spec("ray") is None)
+        importlib.util.find_spec("ray") is None)
 
 
 @pytest.mark.slow  # a second partial run of the check (about a minute here)
@@ -150,3 +151,13 @@ def test_bundle_over_the_limit_fails(tmp_path):
     assert done.returncode == 1
     assert "over the 5 MiB limit" in done.stderr
     assert "left out" in done.stderr  # MiniLM is dropped first, and the rest is still too big
+
+
+def test_the_loop_section_is_skipped_not_failed_without_git(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    result = {}
+    (tmp_path / "repo").mkdir()  # a scratch repository that git could not be run in
+    assert gpu_check.section_loop(result, tmp_path, tmp_path / "repo", "cpu", True, 30) == "skipped"
+    assert "no git executable" in result["why"]
