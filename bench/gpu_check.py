@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_JSON = ROOT / "bench" / "configs" / "deberta-large.json"
-PROJECT_FILES = ("prepare.py", "evaluate.py", "train.py", "program.md", "agent_loop.py", "pyproject.toml",
+PROJECT_FILES = ("prepare.py", "evaluate.py", "runtime.py", "train.py", "program.md", "agent_loop.py", "pyproject.toml",
                  ".gitignore", "research_loop", "data/README.md")
 MODEL_ID = "local/deberta-large-random"  # the hub-cache name of the random-init model
 SNAPSHOT = "0" * 40
@@ -329,7 +329,7 @@ def section_train_py(result: dict, work: Path, repo: Path, device: str, tiny: bo
 def sandbox_for_loop(work: Path) -> tuple[list[str], str]:
     """The loop's flags: a sandbox backend that can import torch in it, else --no-sandbox (and why)."""
     sys.path.insert(0, str(ROOT))
-    from research_loop import sandbox
+    from research_loop.execution import sandbox
 
     reasons = []
     for backend in ("bwrap", "unshare"):
