@@ -182,13 +182,14 @@ def parse_report(md: str) -> dict:
     alerts = [line[2:].strip() for line in warnings.splitlines() if line.startswith("- ")
               and not line[2:].startswith("stopped:")]
     return {
-        "val_gain": first(r"gain on val[^:]*: " + number, md),
-        "val_ci": (first(r"gain on val.*?CI \[" + number + ", " + number + r"\]", md, 1),
-                   first(r"gain on val.*?CI \[" + number + ", " + number + r"\]", md, 2)),
+        "val_gain": first(r"gain on (?:val|the folds)[^:]*: " + number, md),
+        "val_ci": (first(r"gain on (?:val|the folds).*?CI \[" + number + ", " + number + r"\]", md, 1),
+                   first(r"gain on (?:val|the folds).*?CI \[" + number + ", " + number + r"\]", md, 2)),
         "holdout_gain": first(r"gain on the blind holdout[^:]*: " + number, md),
         "holdout_ci": (first(r"gain on the blind holdout.*?CI \[" + number + ", " + number + r"\]", md, 1),
                        first(r"gain on the blind holdout.*?CI \[" + number + ", " + number + r"\]", md, 2)),
         "inflation": first(r"inflates a gain by about " + number, md),
+        "paired_sd": first(r"sd of one paired difference " + r"(\d+\.\d+)", md),
         "alerts": alerts,
     }
 
