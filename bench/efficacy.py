@@ -132,7 +132,7 @@ def template(work: Path, source: Path, profile: str, cache: Path) -> Path:
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, repo / name)
     text = SURROGATE.read_text()
-    text = re.sub(r'^noise_profile = "\w+"', f'noise_profile = "{profile}"', text, count=1, flags=re.M)
+    text = re.sub(r'^noise_profile = "\w+"', f'noise_profile = "{profile}"', text, count=1, flags=re.MULTILINE)
     (repo / "train.py").write_text(text)
     env = dict(os.environ, NER_AUTORESEARCH_CACHE=str(cache))
     subprocess.run([sys.executable, "prepare.py", "--source", str(source)], cwd=repo, env=env, check=True,
@@ -143,7 +143,7 @@ def template(work: Path, source: Path, profile: str, cache: Path) -> Path:
 def copy_night_repo(repo_template: Path, target: Path, cache: Path, salt: int) -> Path:
     shutil.copytree(repo_template, target, symlinks=True)
     text = (target / "train.py").read_text()
-    (target / "train.py").write_text(re.sub(r"^noise_salt = \d+", f"noise_salt = {salt}", text, count=1, flags=re.M))
+    (target / "train.py").write_text(re.sub(r"^noise_salt = \d+", f"noise_salt = {salt}", text, count=1, flags=re.MULTILINE))
     git(target, "init", "-q", "-b", "main")
     git(target, "config", "user.email", "bench@example.com")
     git(target, "config", "user.name", "bench")
@@ -206,10 +206,10 @@ def run_night(args, repo_template: Path, truth: Truth, agent: str, policy: str, 
     with open(log, "a") as out:
         out.write(f"\n=== {agent} {policy} night {night}: {' '.join(command[1:])}\n")
         out.flush()
-        subprocess.run(command, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
+        subprocess.run(command, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     seconds = time.time() - started
     report = subprocess.run([sys.executable, "agent_loop.py", "report", "--format", "md"], cwd=repo, env=env,
-                            capture_output=True, text=True).stdout
+                            capture_output=True, text=True, check=False).stdout
     _, rows = parse((repo / "results.tsv").read_bytes())
     configs: dict = {}
     base_row = next(row for row in rows if row["status"] == "baseline")
@@ -273,12 +273,12 @@ def count(results: list[dict], key: str) -> str:
 
 def table(results: list[dict], attainable: float, base: float) -> str:
     lines = [
-        f"True pooled strict F1 (val + holdout, {len(results)} nights): baseline {base:.4f}, attainable "
-        f"{attainable:.4f} (+{attainable - base:.4f}). Intervals: 95% t over nights.",
+        (f"True pooled strict F1 (val + holdout, {len(results)} nights): baseline {base:.4f}, attainable "
+         f"{attainable:.4f} (+{attainable - base:.4f}). Intervals: 95% t over nights."),
         "",
-        "| agent | policy | nights | proposals | captured@25 | captured@50 | captured@100 | false keeps /100 "
-        "| no-op keeps | runs/proposal | true gain of best | optimism (val - true holdout) | report's inflation "
-        "| holdout CI holds truth | alert when no real gain |",
+        ("| agent | policy | nights | proposals | captured@25 | captured@50 | captured@100 | false keeps /100 "
+         "| no-op keeps | runs/proposal | true gain of best | optimism (val - true holdout) | report's inflation "
+         "| holdout CI holds truth | alert when no real gain |"),
         "|" + "---|" * 15,
     ]
     cells: dict = {}
@@ -319,7 +319,7 @@ def main() -> int:
     truth = Truth(repo_template / "data", holdout, args.profile, args.truth_seeds, args.work / "truth.json")
     model = load_surrogate()
     base_config = model.config_of(vars(model))
-    args.attainable, best_config = truth.attainable(base_config)
+    args.attainable, _ = truth.attainable(base_config)
     base = truth(base_config)["pooled"]
     truth.save()
     results_file = args.work / "results.jsonl"

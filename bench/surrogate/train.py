@@ -170,7 +170,7 @@ def calibration(train_rows: list[dict]) -> tuple[float, float]:
     halves of train, so a latent quality q becomes the share of rows q / (2 t - q p) (strict F1 of a share
     s of rows tagged: 2 s t / (s p + 1))."""
     def spans(tags):
-        out, start = set(), None
+        out, start, out_kind = set(), None, None
         for index, tag in enumerate(list(tags) + ["O"]):
             if start is not None and not (tag.startswith("I-") and tag[2:] == out_kind):
                 out.add((start, index, out_kind))
@@ -233,8 +233,7 @@ def main() -> None:
         rows = read_jsonl(path)
         tags = predict(config, train_rows, rows, args.seed, args.fold, noise_profile, salt=noise_salt)
         with open(args.out / f"pred_{split}.jsonl", "w", encoding="utf-8") as file:
-            for row, row_tags in zip(rows, tags):
-                file.write(json.dumps({"id": row["id"], "tags": row_tags}) + "\n")
+            file.writelines(json.dumps({"id": row["id"], "tags": row_tags}) + "\n" for row, row_tags in zip(rows, tags))
     print("---")
     print("strict_f1: 0.000000")
     print("device: cpu")
