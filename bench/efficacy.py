@@ -34,8 +34,8 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 SURROGATE = PROJECT / "bench" / "surrogate" / "train.py"
-PROJECT_FILES = ("prepare.py", "evaluate.py", "program.md", "agent_loop.py", "pyproject.toml", ".gitignore",
-                 "research_loop", "data/README.md")
+PROJECT_FILES = ("prepare.py", "evaluate.py", "runtime.py", "program.md", "agent_loop.py", "pyproject.toml",
+                 ".gitignore", "research_loop", "data/README.md")
 POLICIES = {"monotonic": ["--policy", "monotonic"], "confirm": ["--policy", "confirm"],
             "confirm-cv": ["--policy", "confirm", "--eval", "cv"]}
 AGENTS = ("builtin", "optuna", "null")
@@ -195,7 +195,7 @@ def parse_report(md: str) -> dict:
 
 
 def run_night(args, repo_template: Path, truth: Truth, agent: str, policy: str, night: int, log: Path) -> dict:
-    from research_loop.ledger import parse
+    from research_loop.records.ledger import parse
 
     repo = copy_night_repo(repo_template, args.work / f"{agent}-{policy}-{night}", args.cache, night + 1)
     env = dict(os.environ, NER_AUTORESEARCH_CACHE=str(args.cache), PYTHONPATH=str(repo))
