@@ -216,8 +216,8 @@ def test_the_sandbox_as_an_unprivileged_user(backend_name, tmp_path):
         import json, os, sys
         from pathlib import Path
         sys.path.insert(0, {str(Path.cwd())!r})
-        from research_loop import sandbox
-        from research_loop.jobs import Job, run_job
+        from research_loop.execution import sandbox
+        from research_loop.execution.jobs import Job, run_job
         why = sandbox.probe({backend_name!r})
         if why:
             print(json.dumps({{"why": why}})); sys.exit(0)
@@ -300,7 +300,7 @@ def test_the_loops_session_keyring_is_out_of_reach(backend, tmp_path):
         import ctypes, json, sys
         from pathlib import Path
         sys.path.insert(0, {str(Path.cwd())!r})
-        from research_loop.jobs import Job, run_job
+        from research_loop.execution.jobs import Job, run_job
         libc = ctypes.CDLL(None, use_errno=True)
         libc.syscall.restype = ctypes.c_long
         libc.syscall(ctypes.c_long({keyctl}), ctypes.c_long(1), None)  # this test's own session keyring
