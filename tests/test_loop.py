@@ -264,6 +264,7 @@ def test_a_second_loop_is_refused_and_status_sees_the_first(repo):
 
 def test_resume_continues_numbering_and_keeps_the_best(repo):
     run_loop(config(repo, max_runs=2), ScriptedAgent([("QUALITY", 0.7)]))
+    time.sleep(1.1)  # session starts are recorded to the second: on a fast machine both could share one
     agent = ScriptedAgent([("QUALITY", 0.6)])
     run_loop(config(repo, max_runs=1), agent)
     rows = results(repo)
