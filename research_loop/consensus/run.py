@@ -4,7 +4,7 @@ gain from such a vote; the holdout says whether it holds).
 
 Runs in the loop's process, never in train.py (no keys there). Reads the run's first trial folder
 (runs/<tag>/NNNN/: pred_val.jsonl, pred_holdout.jsonl, pred_test.csv when present), asks every model about
-every span (consensus_ballot.py: the cache, the cost cap; consensus_votes.py: the prompt, the answer
+every span (ballot.py: the cache, the cost cap; votes.py: the prompt, the answer
 format, the vote), and writes beside them consensus/: the same prediction files, answers.jsonl (every vote)
 and summary.json (what report.py reads).
 Answers are cached in the per-user cache, so a rerun asks only what was not answered yet.

@@ -18,7 +18,7 @@ from statistics import NormalDist, mean
 from typing import Protocol
 
 POWER = 0.8  # the detection probability "smallest detectable gain" refers to
-LOGGED_DECIMALS = 6  # results.tsv's precision (records.py writes f"{score:.6f}")
+LOGGED_DECIMALS = 6  # results.tsv's precision (run_record.py writes f"{score:.6f}")
 MIN_PAIRED_DF = 4  # measured paired noise replaces the prior once it has this many degrees of freedom
 TrialKey = tuple[int, int | None]  # (seed, fold)
 

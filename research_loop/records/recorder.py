@@ -2,7 +2,7 @@
 CURRENT_STATE.md, the live line, the holdout score of a keep, the tracker, the agent's feedback.
 
 Invariant: the row is appended (fsynced) before any git step, so a kill at any moment loses no row and no
-kept commit (a restart finishes the git step; see reconcile.py).
+kept commit (a restart finishes the git step; see night/recovery.py).
 """
 
 from __future__ import annotations
