@@ -55,20 +55,26 @@ def check_plain(config: dict, choices: dict, whole_numbers: dict, bounds: dict, 
     return problems
 
 
-def check_mapping(name: str, value, keys: list[str], key_is: str, value_is: str, within: str) -> list[str]:
+# Bounds for check_plain and check_mapping: (the test a number passes, how the error says it).
+ABOVE_0 = (lambda v: v > 0, "above 0")
+AT_LEAST_0 = (lambda v: v >= 0, "of at least 0")
+FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+UNIT_INTERVAL = (lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
+def check_mapping(name: str, value, keys: list[str], key_is: str, values_are: str, bound) -> list[str]:
     """The problems of a dict knob (CLASS_WEIGHTS, THRESHOLDS): not a dict, unknown keys, values that are not
-    numbers `within` ("of at least 0" or "in [0, 1]")."""
+    numbers within `bound` (one of the bounds above)."""
+    within, what = bound
     if not isinstance(value, dict):
-        return [f"{name} must be a dict of {key_is} -> {value_is}, not {value!r}"]
+        return [f"{name} must be a dict of {key_is}s -> {values_are}, not {value!r}"]
     problems = []
     unknown = sorted(set(value) - set(keys))
     if unknown:
         problems.append(f"{name}: unknown {key_is}s {unknown}; expected some of {keys}")
-    ok = (lambda v: v >= 0) if within == "of at least 0" else (lambda v: 0 <= v <= 1)
-    bad = {key: item for key, item in value.items() if not is_number(item) or not ok(item)}
+    bad = {key: item for key, item in value.items() if not is_number(item) or not within(item)}
     if bad:
-        plural = "probabilities" if value_is == "probability" else f"{value_is}s"
-        problems.append(f"{name}: {plural} must be numbers {within}, not {bad}")
+        problems.append(f"{name}: {values_are} must be numbers {what}, not {bad}")
     return problems
 
 

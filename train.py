@@ -31,6 +31,10 @@ from prepare import (
     load_split,
 )
 from runtime import (
+    ABOVE_0,
+    AT_LEAST_0,
+    FRACTION,
+    UNIT_INTERVAL,
     ConfigError,
     Deadline,
     autocast,
@@ -106,13 +110,13 @@ def check_config(bio_labels: list[str], entity_types: list[str], aux_available: 
         whole_numbers={"EPOCHS": 1, "BATCH_SIZE": 1, "GRAD_ACCUM": 1, "MAX_LENGTH": 3, "AUX_EPOCHS": 1,
                        "MC_DROPOUT_PASSES": 0, "EVAL_BATCH_SIZE": 1},
         bounds={
-            "LEARNING_RATE": (lambda v: v > 0, "above 0"),
-            "AUX_LR": (lambda v: v > 0, "above 0"),
-            "WARMUP_RATIO": (lambda v: 0 <= v < 1, "in [0, 1)"),
-            "LABEL_SMOOTHING": (lambda v: 0 <= v < 1, "in [0, 1)"),
-            "WEIGHT_DECAY": (lambda v: v >= 0, "of at least 0"),
-            "MAX_GRAD_NORM": (lambda v: v >= 0, "of at least 0"),
-            "MC_DROPOUT_WEIGHT": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+            "LEARNING_RATE": ABOVE_0,
+            "AUX_LR": ABOVE_0,
+            "WARMUP_RATIO": FRACTION,
+            "LABEL_SMOOTHING": FRACTION,
+            "WEIGHT_DECAY": AT_LEAST_0,
+            "MAX_GRAD_NORM": AT_LEAST_0,
+            "MC_DROPOUT_WEIGHT": UNIT_INTERVAL,
         },
         flags=("BOUNDARY_TRIM", "LENGTH_GROUPED", "DYNAMIC_PADDING", "FUSED_ADAMW", "GRADIENT_CHECKPOINTING"),
     )
@@ -125,8 +129,8 @@ def check_config(bio_labels: list[str], entity_types: list[str], aux_available: 
         problems.append(f"TRIM_LEADING_WORDS must be a list of strings, not {TRIM_LEADING_WORDS!r}")
 
     labels = scheme_labels(bio_labels, LABEL_SCHEME if LABEL_SCHEME in ("BIO", "IO") else "BIO")
-    problems += check_mapping("CLASS_WEIGHTS", CLASS_WEIGHTS, labels, "label", "weight", "of at least 0")
-    problems += check_mapping("THRESHOLDS", THRESHOLDS, entity_types, "entity type", "probability", "in [0, 1]")
+    problems += check_mapping("CLASS_WEIGHTS", CLASS_WEIGHTS, labels, "label", "weights", AT_LEAST_0)
+    problems += check_mapping("THRESHOLDS", THRESHOLDS, entity_types, "entity type", "probabilities", UNIT_INTERVAL)
     if not isinstance(AUX_DATASETS, list) or not all(isinstance(name, str) for name in AUX_DATASETS):
         problems.append(f"AUX_DATASETS must be a list of names, not {AUX_DATASETS!r}")
     names = AUX_DATASETS if isinstance(AUX_DATASETS, list) else []
