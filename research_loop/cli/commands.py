@@ -174,36 +174,22 @@ def make_agent(repo: Path, options: RunOptions, tag: str):
                               tuple(types), tuple(aux), repo / "runs" / tag / "optuna.db"), repo)
 
 
-def check_new_settings(repo: Path, config, night: dict) -> None:
+def check_new_settings(repo: Path, config, night: dict, backend: str) -> None:
     """A new night's --set values, checked by train.py --check in the sandbox before any branch or commit."""
     import git
 
+    from research_loop.night.opening import private_folders
     from research_loop.night.preflight import check_settings
+    from research_loop.records.integrity import FIXED_FILES
 
     if night or not config.settings:
         return
     commit = git.Repo(repo).commit(config.base or "HEAD")
-    from research_loop.records.integrity import FIXED_FILES
-
     files = {name: (commit.tree / name).data_stream.read() for name in ("train.py", *FIXED_FILES)
              if name in commit.tree}
-    from research_loop.night.opening import private_folders
-
-    ws = workspace.Workspace(repo, config.tag)
     private = private_folders(repo, workspace.read_json(repo / "data" / "manifest.json"))
-    check_settings(repo, files.pop("train.py").decode("utf-8"), files, config.settings, config.sandbox,
-                   config.allow_unsandboxed, ws.jobs_root, private)
-
-
-def check_sandbox(config) -> None:
-    """A sandbox works here (or the night may run unsandboxed), before the agent is asked anything."""
-    from research_loop.execution import sandbox
-    from research_loop.night.preflight import PreflightError
-
-    try:
-        sandbox.choose(config.sandbox, config.allow_unsandboxed)
-    except sandbox.SandboxError as exc:
-        raise PreflightError(str(exc)) from None
+    check_settings(repo, files.pop("train.py").decode("utf-8"), files, config.settings, backend,
+                   workspace.Workspace(repo, config.tag).jobs_root, private)
 
 
 def run_night(repo: Path, options: RunOptions, echo: Echo) -> int:
@@ -211,7 +197,13 @@ def run_night(repo: Path, options: RunOptions, echo: Echo) -> int:
     agent), then the night, then where its best train.py is."""
     from research_loop.agents.registry import AgentSetupError
     from research_loop.loop import LoopError, overhead_text, run_loop
-    from research_loop.night.preflight import PreflightError, check_agent, ensure_data, refuse_if_held
+    from research_loop.night.preflight import (
+        PreflightError,
+        check_agent,
+        choose_backend,
+        ensure_data,
+        refuse_if_held,
+    )
     from research_loop.records.tracking import make_tracker
 
     try:
@@ -221,8 +213,8 @@ def run_night(repo: Path, options: RunOptions, echo: Echo) -> int:
         config = build_config(repo, options, tag, night, echo)
         config.base, config.from_branch = night_base(repo, night, options.from_ref)
         ensure_data(repo, options.source, echo)
-        check_new_settings(repo, config, night)
-        check_sandbox(config)
+        backend = choose_backend(config.sandbox, config.allow_unsandboxed)  # before the agent is asked anything
+        check_new_settings(repo, config, night, backend)
         agent = make_agent(repo, options, tag)
         check_agent(agent)
         if options.mlflow_uri is not None:

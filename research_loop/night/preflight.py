@@ -44,8 +44,16 @@ def ensure_data(repo: Path, source: str | None, echo) -> None:
         echo(f"  {line}")
 
 
+def choose_backend(sandbox_kind: str, allow_unsandboxed: bool) -> str:
+    """The sandbox backend that works here (or none, when the night may run unsandboxed)."""
+    try:
+        return sandbox.choose(sandbox_kind, allow_unsandboxed)[0]
+    except sandbox.SandboxError as exc:
+        raise PreflightError(str(exc)) from None
+
+
 def check_settings(repo: Path, train_py: str, fixed_files: dict[str, bytes], settings: list[tuple[str, object]],
-                   sandbox_kind: str, allow_unsandboxed: bool, jobs_root: Path, private: list[Path]) -> None:
+                   backend: str, jobs_root: Path, private: list[Path]) -> None:
     """The --set values written into train.py's config block, checked by `train.py --check` in the sandbox
     (the train.py is a night's, so it may be an agent's): every bad knob is named at once."""
     from research_loop.evaluation.dataviews import DataViews
@@ -54,10 +62,6 @@ def check_settings(repo: Path, train_py: str, fixed_files: dict[str, bytes], set
     try:
         candidate = config_block.apply_settings(train_py, settings)
     except config_block.ConfigBlockError as exc:
-        raise PreflightError(str(exc)) from None
-    try:
-        backend, _ = sandbox.choose(sandbox_kind, allow_unsandboxed)
-    except sandbox.SandboxError as exc:
         raise PreflightError(str(exc)) from None
     view = DataViews(repo / "data", "val", 2, 0).view()
     job = Job(candidate, fixed_files, view.files, seed=42, timeout_s=300.0, extra_args=("--check",),
