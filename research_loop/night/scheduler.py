@@ -103,7 +103,7 @@ class Scheduler:
         """STOP or Ctrl-C, said at once on screen and in live.json (so `status` shows it)."""
         if self.live.stopping or self.ending is None or not self.session.stop.stop_requested:
             return
-        cause = "STOP" if "STOP" in self.ending.reason else "Ctrl-C"
+        cause = self.session.stop.requested_by or "Ctrl-C"
         runs = sorted({run for run, _ in self.tickets})
         after = f"after run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))}" if runs else "now"
         self.live.stopping = (f"stopping {after} ({cause} seen {time.strftime('%H:%M:%S')}); "

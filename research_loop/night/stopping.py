@@ -65,6 +65,7 @@ class StopControl:
         self.started = time.monotonic()
         self.stop_requested = PRESSED_EARLY.is_set()
         self.abort_requested = False
+        self.requested_by = "Ctrl-C" if self.stop_requested else ""  # what asked for the stop: Ctrl-C or STOP
         self.pressed = threading.Event()  # set by any stop signal, so waits wake at once
 
     # ----- signals -----
@@ -90,7 +91,7 @@ class StopControl:
         if self.stop_requested:
             self._on_terminate(signum, frame)
             return
-        self.stop_requested = True
+        self.stop_requested, self.requested_by = True, "Ctrl-C"
         self.pressed.set()
         self.note(f"Ctrl-C seen {time.strftime('%H:%M:%S')}: finishing the runs in flight, then stopping "
                   "(Ctrl-C again kills them)")
@@ -115,7 +116,7 @@ class StopControl:
         stop_file = self.repo / STOP_FILE
         if stop_file.exists():
             stop_file.unlink(missing_ok=True)
-            self.stop_requested = True
+            self.stop_requested, self.requested_by = True, "STOP"
             return Stop("stopped by the STOP file (removed)", finished=True)
         budget = self.budget
         budget.hours = self.hours
