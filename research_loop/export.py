@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,12 +192,18 @@ def commit_files(git: Git, exported: ExportedRun, tag: str) -> dict[str, bytes]:
         try:
             files[name] = git.show_bytes(commit, name)
         except KeyError:
-            if name == "runtime.py":  # a run from before train.py's plumbing moved there: it needs none
+            if not imports(files[TRAIN_FILE], Path(name).stem):  # older than that fixed file: not needed
                 continue
             raise ExportError(f"run {run}'s commit {commit[:10]} has no {name}") from None
         except (ValueError, BadName):  # a full sha that names no object passes exists()
             raise missing from None
     return files
+
+
+def imports(train_py: bytes, module: str) -> bool:
+    """Whether a train.py imports `module` (a fixed file's stem) at the top of a line."""
+    return re.search(rf"^\s*(from|import)\s+{re.escape(module)}\b", train_py.decode("utf-8", "replace"),
+                     re.MULTILINE) is not None
 
 
 def fixed_modules(repo: Path):

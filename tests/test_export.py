@@ -331,3 +331,25 @@ def test_export_a_real_minilm_run(tmp_path, prepared_task7):
     assert "epochs: 1.00" in again.log.read_text()
     assert_valid_submission(again.submission, repo)
     assert again.submission.read_bytes() == copied.submission.read_bytes()  # same code, seed and data on CPU
+
+
+def test_a_commit_older_than_a_fixed_file_exports_without_it_and_one_that_imports_it_must_have_it(tmp_path):
+    from research_loop.export import commit_files
+    from research_loop.records.gitops import Git
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("prepare.py", "evaluate.py"):
+        (repo / name).write_text(f"# {name}\n")
+    (repo / "train.py").write_text("from prepare import load_split\n")  # from before runtime.py existed
+    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@e"], ["config", "user.name", "t"],
+                 ["add", "-A"], ["commit", "-qm", "old"]):
+        subprocess.run(["git", *args], cwd=repo, check=True)
+    git = Git(repo, tmp_path / "store")
+    old = git.head_sha()
+    files = commit_files(git, ExportedRun(1, old, None, ""), "t")
+    assert sorted(files) == ["evaluate.py", "prepare.py", "train.py"]
+    (repo / "train.py").write_text("from runtime import main\n")  # needs runtime.py, which the commit lacks
+    subprocess.run(["git", "commit", "-qam", "new"], cwd=repo, check=True)
+    with pytest.raises(ExportError, match=r"has no runtime.py"):
+        commit_files(git, ExportedRun(2, git.head_sha(), None, ""), "t")
