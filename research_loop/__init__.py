@@ -1,3 +1,4 @@
-"""The overnight loop's machinery: the night (night, loop, scheduler), the sandboxed jobs (jobs, sandbox,
-integrity), the evidence (scoring, acceptance, consensus, trust), the memory (records, ledger, state) and the
-agents; ARCHITECTURE.md maps every module."""
+"""The overnight loop's machinery, a package per stage of the night: cli (the commands), night (preflight,
+opening, recovery, the scheduler), proposals, execution (jobs and the sandbox), evaluation (scoring,
+diagnostics, acceptance), records (results.tsv, CURRENT_STATE.md, git), report, consensus and agents;
+ARCHITECTURE.md maps every module."""
