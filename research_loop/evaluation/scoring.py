@@ -63,11 +63,14 @@ class Scorer:
             predicted.update(self.evaluate.read_tags(predictions, self.entity_types))
         return self._summary(self.evaluate.score_rows(gold, predicted))
 
-    def breakdown(self, predictions: Path, gold: Path) -> dict:
-        """The error counts per entity type (diagnostics.py), from evaluate.py's own spans."""
-        predicted = self.evaluate.read_tags(predictions, self.entity_types)
-        return diagnostics.breakdown(self.evaluate.read_tags(gold), predicted, self.evaluate.spans,
-                                     self.entity_types)
+    def read(self, predictions: Path, gold: Path) -> tuple[dict, dict]:
+        """(gold tags, predicted tags) by row id, each file read once; ScoreError for a predicted tag of an
+        entity type the data does not have."""
+        return self.evaluate.read_tags(gold), self.evaluate.read_tags(predictions, self.entity_types)
 
-    def score_rows(self, gold: dict, predicted: dict) -> TrialScore:
-        return self._summary(self.evaluate.score_rows(gold, predicted))
+    def breakdown(self, gold: dict, predicted: dict) -> dict:
+        """The error counts per entity type (diagnostics.py), from evaluate.py's own spans."""
+        return diagnostics.breakdown(gold, predicted, self.evaluate.spans, self.entity_types)
+
+    def score_rows(self, gold: dict, predicted: dict, pred_name: str = "PRED") -> TrialScore:
+        return self._summary(self.evaluate.score_rows(gold, predicted, pred_name=pred_name))

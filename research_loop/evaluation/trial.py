@@ -122,15 +122,16 @@ def outcome_of(result: JobResult, index: int, key: TrialKey, commit: str, folder
         if result.kind == "oom":
             outcome.kind = "oom"
     else:
-        try:
-            outcome.score = scorer.score_file(folder / "pred_val.jsonl", gold).to_json()
+        try:  # read once: the score and the error counts come from the same rows
+            gold_tags, predicted = scorer.read(folder / "pred_val.jsonl", gold)
+            outcome.score = scorer.score_rows(gold_tags, predicted, str(folder / "pred_val.jsonl")).to_json()
         except scorer.error as exc:
             outcome.kind, outcome.note = "unusable", f"unusable predictions: {exc}"
         except (ValueError, RecursionError, MemoryError, OSError) as exc:  # the scorer must never end the night
             outcome.kind, outcome.note = "unusable", f"unusable predictions: {type(exc).__name__}"
     if outcome.score is not None:  # the error counts inform the agent; they never change a run's outcome
         try:
-            outcome.diagnostics = scorer.breakdown(folder / "pred_val.jsonl", gold)
+            outcome.diagnostics = scorer.breakdown(gold_tags, predicted)
         except (scorer.error, ValueError, RecursionError, MemoryError, OSError):
             outcome.diagnostics = None
     if skipped:
