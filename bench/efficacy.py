@@ -32,10 +32,10 @@ import sys
 import time
 from pathlib import Path
 
+from project_copy import copy_project  # bench/: this script's folder, on the path
+
 PROJECT = Path(__file__).resolve().parents[1]
 SURROGATE = PROJECT / "bench" / "surrogate" / "train.py"
-PROJECT_FILES = ("prepare.py", "evaluate.py", "runtime.py", "program.md", "agent_loop.py", "pyproject.toml",
-                 ".gitignore", "research_loop", "data/README.md")
 POLICIES = {"monotonic": ["--policy", "monotonic"], "confirm": ["--policy", "confirm"],
             "confirm-cv": ["--policy", "confirm", "--eval", "cv"]}
 AGENTS = ("builtin", "optuna", "null")
@@ -123,14 +123,7 @@ def template(work: Path, source: Path, profile: str, cache: Path) -> Path:
     repo = work / "template"
     if repo.is_dir():
         return repo
-    repo.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        path = PROJECT / name
-        if path.is_dir():
-            shutil.copytree(path, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        elif path.is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, repo / name)
+    copy_project(repo)
     text = SURROGATE.read_text()
     text = re.sub(r'^noise_profile = "\w+"', f'noise_profile = "{profile}"', text, count=1, flags=re.MULTILINE)
     (repo / "train.py").write_text(text)

@@ -37,8 +37,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_JSON = ROOT / "bench" / "configs" / "deberta-large.json"
-PROJECT_FILES = ("prepare.py", "evaluate.py", "runtime.py", "train.py", "program.md", "agent_loop.py", "pyproject.toml",
-                 ".gitignore", "research_loop", "data/README.md")
 MODEL_ID = "local/deberta-large-random"  # the hub-cache name of the random-init model
 SNAPSHOT = "0" * 40
 TINY_OVERRIDES = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
@@ -250,14 +248,9 @@ def make_repo(work: Path, source: Path) -> Path:
     repo = work / "repo"
     if repo.exists():
         shutil.rmtree(repo)
-    repo.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        elif src.is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, repo / name)
+    from project_copy import copy_project  # bench/ is this script's folder, on the path
+
+    copy_project(repo)
     text = (repo / "train.py").read_text()
     text, count = re.subn(r'^MODEL_NAME = "[^"]*"', f'MODEL_NAME = "{MODEL_ID}"', text, count=1, flags=re.MULTILINE)
     if count != 1:

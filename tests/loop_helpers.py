@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+from research_loop.records.integrity import FIXED_FILES
+
 PROJECT_FILES = (
-    "prepare.py",
-    "evaluate.py",
-    "runtime.py",
+    *FIXED_FILES,
     "train.py",
     "program.md",
     "agent_loop.py",
