@@ -34,6 +34,7 @@ from research_loop.execution import sandbox
 from research_loop.execution.jobs import Job, run_job
 from research_loop.night.folders import cache_root
 from research_loop.night.opening import private_folders
+from research_loop.records.integrity import FIXED_FILES
 
 ANOTHER_SEED = "unchanged, another seed"  # a null change on another seed: what a replicate of the baseline measures
 
@@ -56,7 +57,7 @@ def run_trials(recipes: dict[str, str], mode: str, trials: int, limit: int | Non
     """Runs every recipe on every seed (val) or fold (cv); a trial whose prediction is already in `out` is
     scored again, not re-run, so a killed measurement resumes where it stopped."""
     views = DataViews(ROOT / "data", mode, folds=trials)
-    fixed = {name: (ROOT / name).read_bytes() for name in ("prepare.py", "evaluate.py")}
+    fixed = {name: (ROOT / name).read_bytes() for name in FIXED_FILES}
     scores: dict[str, list[float]] = {}
     for index in range(trials):
         seed, fold = (42, index) if mode == "cv" else (42 + index, None)

@@ -33,6 +33,7 @@ from research_loop.execution import sandbox
 from research_loop.execution.jobs import Job, run_job
 from research_loop.night.folders import cache_root
 from research_loop.night.opening import private_folders
+from research_loop.records.integrity import FIXED_FILES
 
 
 def recipes(base: str, aux_names: list[str], aux_epochs: int, mode: str) -> dict[str, str]:
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     backend, _ = sandbox.choose("auto", allow_none=False)
     views = DataViews(data, "val")
     view = views.view()
-    fixed = {name: (ROOT / name).read_bytes() for name in ("prepare.py", "evaluate.py")}
+    fixed = {name: (ROOT / name).read_bytes() for name in FIXED_FILES}
     results: dict[str, dict[str, list[float]]] = {}
     for name, text in recipes(base, args.aux, args.aux_epochs, args.mode).items():
         for seed in range(42, 42 + args.seeds):
