@@ -20,7 +20,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForTokenClassification, AutoTokenizer, get_scheduler
+from transformers import (
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    DataCollatorForTokenClassification,
+    get_scheduler,
+)
 
 from evaluate import spans
 from prepare import (
@@ -237,6 +242,7 @@ def decode_row(tokens: list[str], probs: np.ndarray, predicted: list[bool], labe
 
 def window_bounds(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
     """[start, end) ranges of at most `size` covering 0..length; neighbours share >= `overlap` items."""
+    # Not the tokenizer's stride: its last window is a short leftover; this one ends flush, full size.
     if length <= size:
         return [(0, length)] if length else []
     starts = list(range(0, length - size, size - overlap)) + [length - size]
@@ -332,6 +338,7 @@ class Task:
 
 def make_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Shuffled batches of indices; with LENGTH_GROUPED, similar lengths share a batch."""
+    # Not LengthGroupedSampler: it draws from torch's generator, longest first, so a seed gives other batches.
     order = list(range(len(lengths)))
     rng.shuffle(order)
     if LENGTH_GROUPED:  # sort within chunks of 50 batches, then shuffle the batches
@@ -370,19 +377,11 @@ def padded_width(windows: list[dict]) -> int:
     return max(len(w["input_ids"]) for w in windows) if DYNAMIC_PADDING else MAX_LENGTH
 
 
-def collate(windows: list[dict], pad_id: int, device: torch.device) -> dict:
-    """Pad a list of windows into tensors on `device` (labels only when the windows have them)."""
-    width = padded_width(windows)
-    input_ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(windows), width), dtype=torch.long)
-    labels = torch.full((len(windows), width), -100, dtype=torch.long)
-    for i, window in enumerate(windows):
-        n = len(window["input_ids"])
-        input_ids[i, :n] = torch.tensor(window["input_ids"])
-        attention_mask[i, :n] = 1
-        if "labels" in window:
-            labels[i, :n] = torch.tensor(window["labels"])
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+def collate(windows: list[dict], tokenizer, device: torch.device) -> dict:
+    """Windows padded into tensors on `device` (labels only when the windows have them)."""
+    padding = "longest" if DYNAMIC_PADDING else "max_length"
+    collator = DataCollatorForTokenClassification(tokenizer, padding=padding, max_length=MAX_LENGTH)
+    batch = collator([{key: w[key] for key in ("input_ids", "labels") if key in w} for w in windows])
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
@@ -408,7 +407,7 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
     return F.cross_entropy(logits, labels, weight=weights, ignore_index=-100, label_smoothing=LABEL_SMOOTHING)
 
 
-def train(model, tasks: list[Task], device: torch.device, pad_id: int, seed: int, deadline: Deadline) -> dict:
+def train(model, tasks: list[Task], device: torch.device, tokenizer, seed: int, deadline: Deadline) -> dict:
     """One phase: the tasks' steps interleaved under one optimizer and schedule, each at its task's peak
     learning rate times the schedule; stops early when the deadline needs the time. Returns step counts."""
     rng = random.Random(seed)
@@ -440,7 +439,7 @@ def train(model, tasks: list[Task], device: torch.device, pad_id: int, seed: int
         if task.head is not None and model.classifier is not task.head:
             model.classifier = task.head
         for batch_windows in windows:
-            batch = collate(batch_windows, pad_id, device)
+            batch = collate(batch_windows, tokenizer, device)
             with autocast(device, PRECISION):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss = token_loss(logits, batch["labels"], task.weights)
@@ -504,11 +503,11 @@ def prediction_tokens(windows: list[dict]) -> int:
 
 
 @torch.no_grad()
-def predict_window_probs(model, windows: list[dict], device: torch.device, pad_id: int) -> list[np.ndarray]:
+def predict_window_probs(model, windows: list[dict], device: torch.device, tokenizer) -> list[np.ndarray]:
     """Softmax probabilities [window length, labels] per window, with optional MC-dropout blending."""
     result: list[np.ndarray] = [np.empty(0)] * len(windows)
     for chunk in prediction_batches(windows):
-        batch = collate([windows[i] for i in chunk], pad_id, device)
+        batch = collate([windows[i] for i in chunk], tokenizer, device)
         model.eval()
         probs = forward_probs(model, batch, device)
         if MC_DROPOUT_PASSES > 0:
@@ -533,7 +532,7 @@ def predict_rows(
     """Valid BIO tags for every row, one per input token, however long the row; `windows` saves encoding
     the rows again (encode_rows(rows))."""
     windows = encode_rows(tokenizer, rows) if windows is None else windows
-    window_probs = predict_window_probs(model, windows, device, tokenizer.pad_token_id)
+    window_probs = predict_window_probs(model, windows, device, tokenizer)
     by_row: dict[int, list[int]] = {}
     for i, window in enumerate(windows):
         by_row.setdefault(window["row"], []).append(i)
@@ -602,7 +601,7 @@ def run(args: argparse.Namespace) -> dict:
     train_start = time.perf_counter()
     phase_stats = []
     for phase in phases:
-        phase_stats.append(train(model, phase, device, tokenizer.pad_token_id, args.seed, deadline))
+        phase_stats.append(train(model, phase, device, tokenizer, args.seed, deadline))
         if phase_stats[-1]["stopped_by_deadline"]:
             break
     if head is not None:

@@ -372,7 +372,7 @@ def one_task(windows: list[dict], epochs: int, weights=None, head=None, name="ta
 NO_DEADLINE = runtime.Deadline(0, 0)
 
 
-def test_training_learns_and_is_seeded(monkeypatch, one_thread):
+def test_training_learns_and_is_seeded(monkeypatch, one_thread, tokenizer):
     monkeypatch.setattr(train, "LEARNING_RATE", 1e-2)
     monkeypatch.setattr(train, "GRAD_ACCUM", 2)
     monkeypatch.setattr(train, "SCHEDULE", "linear")
@@ -381,7 +381,7 @@ def test_training_learns_and_is_seeded(monkeypatch, one_thread):
     windows, cpu = random_windows(40), torch.device("cpu")
     weights = train.class_weights(LABELS, cpu)
     first = one_task(windows, 4, weights)
-    stats = train.train(tiny_bert(), [first], cpu, 0, 42, NO_DEADLINE)
+    stats = train.train(tiny_bert(), [first], cpu, tokenizer, 42, NO_DEADLINE)
     assert first.epoch_losses[-1] < 0.7 * first.epoch_losses[0]  # ids determine labels: learnable
     assert stats == {
         "steps": 4 * 3,
@@ -390,10 +390,10 @@ def test_training_learns_and_is_seeded(monkeypatch, one_thread):
     }  # 5 batches, 2 a step
     assert first.epochs_done == 4.0 and len(first.epoch_seconds) == 4
     again = one_task(windows, 4, weights)
-    train.train(tiny_bert(), [again], cpu, 0, 42, NO_DEADLINE)
+    train.train(tiny_bert(), [again], cpu, tokenizer, 42, NO_DEADLINE)
     assert again.epoch_losses == first.epoch_losses
     other_seed = one_task(windows, 4, weights)
-    train.train(tiny_bert(), [other_seed], cpu, 0, 7, NO_DEADLINE)
+    train.train(tiny_bert(), [other_seed], cpu, tokenizer, 7, NO_DEADLINE)
     assert other_seed.epoch_losses != first.epoch_losses
 
 
@@ -414,10 +414,10 @@ def test_the_deadline_keeps_time_for_prediction():
     assert slow_start.should_stop()
 
 
-def test_training_stops_for_the_deadline_after_a_fraction_of_an_epoch(one_thread, capsys):
+def test_training_stops_for_the_deadline_after_a_fraction_of_an_epoch(one_thread, capsys, tokenizer):
     task = one_task(random_windows(40), 4)
     deadline = runtime.Deadline(time.time() + 60, predict_tokens=10**12)  # prediction would take forever
-    stats = train.train(tiny_bert(), [task], torch.device("cpu"), 0, 42, deadline)
+    stats = train.train(tiny_bert(), [task], torch.device("cpu"), tokenizer, 42, deadline)
     # The first step warms up; the second measures the speed, which says: stop.
     assert stats["stopped_by_deadline"] and stats["steps"] == 2 and stats["planned_steps"] == 20
     assert task.epochs_done == pytest.approx(16 / 40)
@@ -445,7 +445,7 @@ def test_plan_interleaves_tasks_and_keeps_each_tasks_order(monkeypatch):
             assert covered == list(range(len(task.windows)))
 
 
-def test_transfer_trains_each_head_on_its_own_batches(monkeypatch, one_thread):
+def test_transfer_trains_each_head_on_its_own_batches(monkeypatch, one_thread, tokenizer):
     monkeypatch.setattr(train, "LEARNING_RATE", 1e-2)
     model, cpu = tiny_bert(), torch.device("cpu")
     target_head = model.classifier
@@ -459,7 +459,7 @@ def test_transfer_trains_each_head_on_its_own_batches(monkeypatch, one_thread):
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     aux_before = aux_head.weight.detach().clone()
 
-    train.train(model, [aux], cpu, 0, 42, NO_DEADLINE)  # sequential: the aux phase
+    train.train(model, [aux], cpu, tokenizer, 42, NO_DEADLINE)  # sequential: the aux phase
     assert not torch.equal(aux_head.weight, aux_before)
     query = model.bert.encoder.layer[0].attention.self.query.weight
     assert not torch.equal(
@@ -469,21 +469,36 @@ def test_transfer_trains_each_head_on_its_own_batches(monkeypatch, one_thread):
 
     target = train.Task("target", random_windows(16), target_head, 1e-2, 1)
     aux_mid = aux_head.weight.detach().clone()
-    train.train(model, [target, aux], cpu, 0, 42, NO_DEADLINE)  # mixed: both heads learn in one phase
+    train.train(model, [target, aux], cpu, tokenizer, 42, NO_DEADLINE)  # mixed: both heads learn in one phase
     assert not torch.equal(target_head.weight, before["classifier.weight"])
     assert not torch.equal(aux_head.weight, aux_mid)
     assert target.epochs_done == 1.0 and aux.epochs_done == 4.0
 
 
-def test_mc_dropout_blends_sampled_passes_into_the_prediction(monkeypatch, one_thread):
+def test_a_batch_is_padded_to_its_longest_window_or_to_max_length(tokenizer, monkeypatch):
+    windows = [{"input_ids": [101, 7, 8, 102], "labels": [-100, 1, 2, -100]}, {"input_ids": [101, 9, 102],
+                                                                              "labels": [-100, 3, -100]}]
+    batch = train.collate(windows, tokenizer, torch.device("cpu"))
+    assert batch["input_ids"].tolist() == [[101, 7, 8, 102], [101, 9, 102, tokenizer.pad_token_id]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert batch["labels"].tolist() == [[-100, 1, 2, -100], [-100, 3, -100, -100]]
+    monkeypatch.setattr(train, "DYNAMIC_PADDING", False)
+    monkeypatch.setattr(train, "MAX_LENGTH", 6)
+    padded = train.collate([{k: w[k] for k in ("input_ids",)} for w in windows], tokenizer, torch.device("cpu"))
+    assert padded["input_ids"].shape == (2, 6) and "labels" not in padded  # windows to predict have none
+    assert padded["attention_mask"].sum(1).tolist() == [4, 3]
+
+
+def test_mc_dropout_blends_sampled_passes_into_the_prediction(monkeypatch, one_thread, tokenizer):
     model, windows, cpu = tiny_bert(), random_windows(5), torch.device("cpu")
-    plain = train.predict_window_probs(model, windows, cpu, 0)
+    plain = train.predict_window_probs(model, windows, cpu, tokenizer)
     monkeypatch.setattr(train, "MC_DROPOUT_PASSES", 3)
-    blended = train.predict_window_probs(model, windows, cpu, 0)
+    blended = train.predict_window_probs(model, windows, cpu, tokenizer)
     assert all(np.allclose(p.sum(-1), 1, atol=1e-5) for p in blended)
     assert not all(np.allclose(a, b) for a, b in zip(plain, blended))
     monkeypatch.setattr(train, "MC_DROPOUT_WEIGHT", 0.0)
-    assert all(np.allclose(a, b) for a, b in zip(plain, train.predict_window_probs(model, windows, cpu, 0)))
+    unblended = train.predict_window_probs(model, windows, cpu, tokenizer)
+    assert all(np.allclose(a, b) for a, b in zip(plain, unblended))
     assert not model.training
 
 

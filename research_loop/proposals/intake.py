@@ -12,6 +12,7 @@ from research_loop.night.session import Session
 from research_loop.night.stopping import Stop
 from research_loop.proposals.source import Asked, ProposalSource, compile_error, text_error
 from research_loop.records.current_state import direction_key
+from research_loop.records.gitops import RUN_TRAILER
 from research_loop.records.recorder import Recorder, crash_point
 from research_loop.records.run_record import Status
 
@@ -23,7 +24,7 @@ def commit_message(run: int, candidate: Candidate) -> str:
     cost = "unknown" if candidate.cost_usd is None else f"{candidate.cost_usd:.6f}"
     return (f"{subject}\n\nHypothesis: {one_line(candidate.hypothesis)}\nDirection: {one_line(candidate.direction)}\n"
             f"Base: {candidate.parent}\nCost-USD: {cost}\nTokens: {candidate.tokens_in}/{candidate.tokens_out}\n"
-            f"Agent-Key: {one_line(candidate.key)}\n\nAutoresearch-Run: {run}\n")
+            f"Agent-Key: {one_line(candidate.key)}\n\n{RUN_TRAILER}: {run}\n")
 
 
 class Intake:

@@ -1,5 +1,5 @@
 """Proposals: the agent asked in a background thread (so runs keep training while it thinks), its failures
-waited out with doubling backoff, and each answer vetted before it costs a run.
+waited out with doubling backoff (tenacity), and each answer vetted before it costs a run.
 
 No input ends the night: an AgentError, or any other exception from an agent or its SDK, is retried with
 backoff (up to `max_failures` in a row; an AgentError with retryable=False stops the night at once). A
@@ -16,6 +16,15 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from research_loop.agents.base import Agent, AgentError, Context, Proposal, Usage
 from research_loop.hygiene import code_problem, line_problem, size_problem
@@ -87,41 +96,55 @@ class ProposalSource:
         return asked
 
     def _ask(self, context: Context, future: Future) -> None:
-        usage, failures, first_failure = Usage(), 0, None
-        while True:
+        usage = Usage()
+
+        def attempt() -> Proposal:
             started = time.monotonic()
             try:
                 proposal = self.agent.propose(context)
-                usage.add(proposal.usage)
-                future.set_result(Asked(proposal, usage))
-                return
             except AgentError as exc:
                 usage.add(exc.usage)
-                error, retryable = str(exc), exc.retryable
+                raise
             # a bug in an agent or its SDK: an agent error, not the end of the night
-            except Exception as exc:  # noqa: BLE001
-                error, retryable = f"{type(exc).__name__}: {exc}", True
+            except Exception as exc:
                 self.note("agent raised " + traceback.format_exception_only(type(exc), exc)[-1].strip())
+                raise AgentError(f"{type(exc).__name__}: {exc}") from exc
             finally:
                 self.seconds += time.monotonic() - started
-            failures += 1
-            first_failure = first_failure or started
-            if not retryable:
-                future.set_result(Asked(None, usage, Stop(f"the agent cannot go on: {error}", ok=False, kind="drain")))
-                return
-            if failures >= self.max_failures:
-                future.set_result(Asked(None, usage, Stop(f"the agent failed {failures} times in a row: {error}",
-                                                          ok=False, kind="drain")))
-                return
-            failing_s = time.monotonic() - first_failure
-            if failing_s >= self.patience_s:
-                future.set_result(Asked(None, usage, Stop(
-                    f"the agent stayed unreachable for {failing_s / 60:.0f} min (--agent-patience "
-                    f"{self.patience_s / 60:g}): {error}", ok=False, kind="drain")))
-                return
-            wait = min(self.retry_s * 2 ** (failures - 1), MAX_AGENT_WAIT_S, self.patience_s - failing_s)
-            self.note(f"agent error: {error}; asking again in {wait:.0f} s")
-            self.on_wait(f"waiting for the agent (failure {failures})")
-            if not self.stop.sleep(wait):
-                future.set_result(Asked(None, usage, Stop("stopped while waiting for the agent")))
-                return
+            usage.add(proposal.usage)
+            return proposal
+
+        def gave_up(state: RetryCallState) -> Stop:
+            error, failing_s = state.outcome.exception(), state.seconds_since_start or 0.0
+            if state.attempt_number >= self.max_failures:
+                return Stop(f"the agent failed {state.attempt_number} times in a row: {error}", ok=False, kind="drain")
+            return Stop(f"the agent stayed unreachable for {failing_s / 60:.0f} min (--agent-patience "
+                        f"{self.patience_s / 60:g}): {error}", ok=False, kind="drain")
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.note(f"agent error: {state.outcome.exception()}; asking again in {state.upcoming_sleep:.0f} s")
+            self.on_wait(f"waiting for the agent (failure {state.attempt_number})")
+
+        doubling = wait_exponential(multiplier=self.retry_s, max=MAX_AGENT_WAIT_S)
+        retrying = Retrying(
+            retry=retry_if_exception(lambda exc: not isinstance(exc, AgentError) or exc.retryable),
+            stop=stop_after_attempt(self.max_failures) | stop_after_delay(self.patience_s),
+            wait=lambda state: min(doubling(state), self.patience_s - (state.seconds_since_start or 0.0)),
+            sleep=self._sleep, before_sleep=before_sleep, retry_error_callback=gave_up)
+        try:
+            outcome = retrying(attempt)
+        except AgentError as exc:  # retryable=False: asking again cannot help
+            future.set_result(Asked(None, usage, Stop(f"the agent cannot go on: {exc}", ok=False, kind="drain")))
+        except _Stopped:
+            future.set_result(Asked(None, usage, Stop("stopped while waiting for the agent")))
+        else:
+            stop = outcome if isinstance(outcome, Stop) else None
+            future.set_result(Asked(None if stop else outcome, usage, stop))
+
+    def _sleep(self, seconds: float) -> None:
+        if not self.stop.sleep(seconds):
+            raise _Stopped
+
+
+class _Stopped(Exception):
+    """A stop was asked for while waiting to ask the agent again."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import io
-import re
 from pathlib import Path
 
 import git
@@ -21,7 +20,7 @@ from gitdb import IStream
 TRAIN_FILE = "train.py"
 # The loop's own files: never a reason to refuse a dirty tree, never committed.
 RUNTIME_PATHS = ("results.tsv", "CURRENT_STATE.md", "runs/", "STOP", "progress.png", "data/", "exports/", "mlruns/")
-RUN_TRAILER = re.compile(r"^Autoresearch-Run: (\d+)$", re.MULTILINE)
+RUN_TRAILER = "Autoresearch-Run"  # the trailer naming the run a commit keeps
 FALLBACK_IDENTITY = ("ner-autoresearch", "ner-autoresearch@localhost")
 
 
@@ -119,8 +118,8 @@ class Git:
 
     def run_of(self, commit: str) -> int | None:
         """The run number of a commit the loop made (its trailer), else None."""
-        match = RUN_TRAILER.search(self.repo.commit(commit).message)
-        return int(match.group(1)) if match else None
+        values = self.repo.commit(commit).trailers_dict.get(RUN_TRAILER, [])
+        return int(values[-1]) if values and values[-1].isdigit() else None
 
     def show(self, commit: str, path: str = TRAIN_FILE) -> str:
         return self.show_bytes(commit, path).decode("utf-8")
