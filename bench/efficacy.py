@@ -145,9 +145,9 @@ def copy_night_repo(repo_template: Path, target: Path, cache: Path, salt: int) -
     env_before = os.environ.get("NER_AUTORESEARCH_CACHE")
     os.environ["NER_AUTORESEARCH_CACHE"] = str(cache)
     try:
-        import prepare
+        from research_loop.preparation.build import write_prepared_stamp
 
-        prepare.write_prepared_stamp(target / "data", target / "data" / "manifest.json")
+        write_prepared_stamp(target / "data", target / "data" / "manifest.json")
     finally:
         if env_before is None:
             os.environ.pop("NER_AUTORESEARCH_CACHE")

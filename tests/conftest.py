@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import prepare
+from research_loop.preparation import build, sources
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # Evaluated once, before any fixture points NER_AUTORESEARCH_CACHE at a temporary folder.
@@ -30,12 +31,12 @@ MTL_URL = (
 # folder -> {file name: (public URL, sha256)}
 PUBLIC_DATA = {
     "smm4h2026-task7": {
-        **{name: (prepare.TASK7_URL + name, sha) for name, sha in prepare.TASK7_SHA256.items()},
+        **{name: (sources.TASK7_URL + name, sha) for name, sha in sources.TASK7_SHA256.items()},
         "sample_submission.csv": (
-            prepare.TASK7_URL + "sample_submission.csv",
+            sources.TASK7_URL + "sample_submission.csv",
             "385dc027db6c3097d27c3c5d7194a97e852e06837023502c0dfa16827af5c40c",
         ),
-        "new_test_data_unlabeled.csv": (TASK7_TEST_URL, prepare.TASK7_TEST_SHA256),
+        "new_test_data_unlabeled.csv": (TASK7_TEST_URL, sources.TASK7_TEST_SHA256),
     },
     "ncbi-disease": {
         "train.tsv": (
@@ -129,7 +130,7 @@ def prepared_task7(tmp_path_factory, task7_dir):
     os.environ["NER_AUTORESEARCH_CACHE"] = str(root / "cache")
     try:
         args = ["--source", str(task7_dir), "--test", str(task7_dir / "new_test_data_unlabeled.csv")]
-        assert prepare.main([*args, "--out", str(root / "data")]) == 0
+        assert build.main([*args, "--out", str(root / "data")]) == 0
         yield root / "data"
     finally:
         if previous_cache is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
+from research_loop.preparation import build
 from research_loop.records.integrity import FIXED_FILES
 
 PROJECT_FILES = (
@@ -185,7 +186,6 @@ def alive(pid: int) -> bool:
 def make_repo(root: Path, data_dir: Path, train_py: str | None = FAKE_TRAIN_PY) -> Path:
     """A committed git repository with the project's files, prepared data (stamped as prepare.py would), and
     (by default) the fake train.py."""
-    import prepare
 
     repo = root / "repo"
     repo.mkdir()
@@ -197,7 +197,7 @@ def make_repo(root: Path, data_dir: Path, train_py: str | None = FAKE_TRAIN_PY) 
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, repo / name)
     shutil.copytree(data_dir, repo / "data", dirs_exist_ok=True)
-    prepare.write_prepared_stamp(repo / "data", repo / "data" / "manifest.json")
+    build.write_prepared_stamp(repo / "data", repo / "data" / "manifest.json")
     if train_py is not None:
         (repo / "train.py").write_text(train_py)
     git(repo, "init", "-q", "-b", "main")

@@ -21,13 +21,13 @@ from loop_helpers import (
 )
 
 import evaluate
-import prepare
 from evaluate import read_tags
 from research_loop.evaluation.acceptance import Confirm, Monotonic
 from research_loop.export import ExportedRun, ExportError, coverage_problem, export_run, saved_predictions
 from research_loop.loop import run_loop
 from research_loop.night.folders import Workspace
 from research_loop.night.lock import LoopLock
+from research_loop.preparation import build
 
 TAG = "t"
 NIGHT = ["baseline", "keep", "discard", "invalid", "crash"]
@@ -58,7 +58,7 @@ def repo(night, tmp_path):
     """A private copy of the night's repository (tests delete run folders and files)."""
     copy = Path(shutil.copytree(night, tmp_path / "repo", symlinks=True))
     # The copy's data is prepared too (the stamp is keyed by the data folder's path).
-    prepare.write_prepared_stamp(copy / "data", copy / "data" / "manifest.json")
+    build.write_prepared_stamp(copy / "data", copy / "data" / "manifest.json")
     return copy
 
 

@@ -19,6 +19,7 @@ import pytest
 from seqeval.metrics.sequence_labeling import get_entities
 
 import prepare
+from research_loop.preparation import build, sources
 
 REPO = Path(__file__).resolve().parents[1]
 TYPES = ["ClinicalImpacts", "SocialImpacts"]
@@ -31,10 +32,13 @@ SHARED_SHA256 = {
 # Runs the CLI with the recorded Task 7 checksums replaced by those of edited files (argv[1], JSON), so an
 # edited CSV gets past the checksum and reaches the row checks; argv[2:] are prepare.py's arguments.
 PATCHED_CHECKSUMS_CLI = (
-    "import json, sys, prepare; prepare.TASK7_SHA256.update(json.loads(sys.argv[1])); "
-    "sys.exit(prepare.main(sys.argv[2:]))"
+    "import json, sys; from research_loop.preparation import build, sources; "
+    "sources.TASK7_SHA256.update(json.loads(sys.argv[1])); sys.exit(build.main(sys.argv[2:]))"
 )
-PATCHED_URL_CLI = "import sys, prepare; prepare.TASK7_URL = sys.argv[1]; sys.exit(prepare.main(sys.argv[2:]))"
+PATCHED_URL_CLI = (
+    "import sys; from research_loop.preparation import build, sources; sources.TASK7_URL = sys.argv[1]; "
+    "sys.exit(build.main(sys.argv[2:]))"
+)
 
 
 def read_official(task7_dir: Path, name: str) -> pd.DataFrame:
@@ -179,7 +183,7 @@ def test_every_run_gives_the_same_files(task7_dir, prepared_task7, tmp_path):
 
 def test_another_seed_gives_another_holdout(task7_dir, prepared_task7, tmp_path, monkeypatch):
     monkeypatch.setenv("NER_AUTORESEARCH_CACHE", str(tmp_path / "cache"))
-    assert prepare.main(["--source", str(task7_dir), "--seed", "7", "--out", str(tmp_path / "data")]) == 0
+    assert build.main(["--source", str(task7_dir), "--seed", "7", "--out", str(tmp_path / "data")]) == 0
     ids = {row["id"] for row in prepare.load_split("holdout", tmp_path / "data")}
     assert len(ids) == 86
     assert ids != {row["id"] for row in prepare.load_split("holdout", prepared_task7)}
@@ -191,7 +195,7 @@ def test_holdout_frac_zero_keeps_every_dev_row_in_val_and_drops_an_old_holdout(
     monkeypatch.setenv("NER_AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "data"
     shutil.copytree(prepared_task7, out)
-    assert prepare.main(["--source", str(task7_dir), "--holdout-frac", "0", "--out", str(out)]) == 0
+    assert build.main(["--source", str(task7_dir), "--holdout-frac", "0", "--out", str(out)]) == 0
     assert len(prepare.load_split("val", out)) == 258
     assert sorted(path.name for path in out.iterdir()) == [
         "manifest.json",
@@ -213,14 +217,14 @@ def test_download_reads_the_files_from_the_url_and_checks_them(task7_dir, tmp_pa
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setattr(prepare, "TASK7_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+        monkeypatch.setattr(sources, "TASK7_URL", f"http://127.0.0.1:{server.server_address[1]}/")
         monkeypatch.setenv("NER_AUTORESEARCH_CACHE", str(tmp_path / "cache"))
         monkeypatch.setenv("no_proxy", "127.0.0.1")
-        assert prepare.main(["--out", str(tmp_path / "data")]) == 0
+        assert build.main(["--out", str(tmp_path / "data")]) == 0
     finally:
         server.shutdown()
     manifest = prepare.read_manifest(tmp_path / "data")
-    assert manifest["source"] == prepare.TASK7_URL
+    assert manifest["source"] == sources.TASK7_URL
     assert manifest["splits"]["train"]["rows"] == 842
 
 
@@ -230,7 +234,7 @@ def test_download_reads_the_files_from_the_url_and_checks_them(task7_dir, tmp_pa
 def test_ncbi_conll_folder(ncbi_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("NER_AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "data"
-    assert prepare.main(["--format", "conll", "--source", str(ncbi_dir), "--out", str(out)]) == 0
+    assert build.main(["--format", "conll", "--source", str(ncbi_dir), "--out", str(out)]) == 0
     train, val, holdout = (prepare.load_split(name, out) for name in ("train", "val", "holdout"))
     test = prepare.load_split("test", out)
     assert (len(train), len(val) + len(holdout), len(test)) == (5424, 923, 940)
@@ -281,7 +285,7 @@ def test_hf_dataset_saved_to_disk(ncbi_dir, tmp_path, monkeypatch):
     ).save_to_disk(str(saved))
     monkeypatch.setenv("NER_AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "data"
-    assert prepare.main(["--hf", str(saved), "--aux", f"hf_ncbi={saved}", "--out", str(out)]) == 0
+    assert build.main(["--hf", str(saved), "--aux", f"hf_ncbi={saved}", "--out", str(out)]) == 0
     train = prepare.load_split("train", out)
     expected = ncbi_rows("train.tsv", 40)
     assert [row["tokens"] for row in train] == expected["tokens"]
@@ -517,7 +521,7 @@ def test_the_stamp_records_the_manifest_and_gold_and_problems_name_each_tampered
     monkeypatch.setenv("NER_AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "data"
     args = ["--source", str(task7_dir), "--out", str(out)]
-    assert prepare.main(args) == 0
+    assert build.main(args) == 0
     manifest = prepare.read_manifest(out)
     stamp_path = prepare.prepared_stamp_path(out)
     assert stamp_path.parent == tmp_path / "cache" / "prepared" and len(stamp_path.stem) == 16
@@ -587,7 +591,7 @@ def test_the_stamp_records_the_manifest_and_gold_and_problems_name_each_tampered
     ]
 
     # A legitimate re-preparation (another split seed) gets a new stamp, and no problems.
-    assert prepare.main([*args, "--seed", "7"]) == 0
+    assert build.main([*args, "--seed", "7"]) == 0
     assert prepare.manifest_problems(out) == []
     assert (
         prepare.read_prepared_stamp(out)["manifest_sha256"]
@@ -615,7 +619,7 @@ def test_aux_sets_from_conll_folders_are_written_listed_and_loaded(
     monkeypatch.setenv("NER_AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "data"
     args = ["--source", str(task7_dir), "--aux", f"ncbi={ncbi_dir}", "--aux", f"bc5cdr={bc5cdr_dir}"]
-    assert prepare.main([*args, "--out", str(out)]) == 0
+    assert build.main([*args, "--out", str(out)]) == 0
     assert prepare.aux_names(out) == ["bc5cdr", "ncbi"]
     for name, folder, types in (
         ("ncbi", ncbi_dir, ["Disease"]),
@@ -666,7 +670,7 @@ def test_aux_sets_from_conll_folders_are_written_listed_and_loaded(
         prepare.load_aux("ncbi_disease", out)
 
     # Prepared again without --aux: the aux sets are gone, manifest and folder alike.
-    assert prepare.main(["--source", str(task7_dir), "--out", str(out)]) == 0
+    assert build.main(["--source", str(task7_dir), "--out", str(out)]) == 0
     assert prepare.aux_names(out) == [] and not (out / "aux").exists()
     assert prepare.manifest_problems(out) == []
 
@@ -689,7 +693,7 @@ def test_bad_aux_options_are_one_line_errors(
     aux = option.replace("SRC", str(ncbi_dir)).replace("TASK7", str(task7_dir)).split(" --aux ")
     before = snapshot(existing_data)
     args = ["--source", str(task7_dir), *(x for a in aux for x in ("--aux", a)), "--out", str(existing_data)]
-    assert prepare.main(args) == 2
+    assert build.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     for fragment in fragments:
@@ -728,7 +732,7 @@ def test_task_card_option_takes_the_users_file_as_it_is(task7_dir, tmp_path, mon
     mine = tmp_path / "card.md"
     mine.write_text("# My task\n\nFind opioid impacts; be careful with negation.\n", encoding="utf-8")
     out = tmp_path / "data"
-    assert prepare.main(["--source", str(task7_dir), "--task-card", str(mine), "--out", str(out)]) == 0
+    assert build.main(["--source", str(task7_dir), "--task-card", str(mine), "--out", str(out)]) == 0
     assert (out / "task.md").read_bytes() == mine.read_bytes()
     manifest = prepare.read_manifest(out)
     assert manifest["task_card"] == {"file": "task.md", "source": str(mine.resolve())}
@@ -736,7 +740,7 @@ def test_task_card_option_takes_the_users_file_as_it_is(task7_dir, tmp_path, mon
     capsys.readouterr()
     before = snapshot(out)
     assert (
-        prepare.main(
+        build.main(
             ["--source", str(task7_dir), "--task-card", str(tmp_path / "nope.md"), "--out", str(out)]
         )
         == 2
@@ -753,7 +757,7 @@ def test_conll_errors_name_the_files_it_expects(existing_data, ncbi_dir, tmp_pat
     source.mkdir()
     shutil.copy(ncbi_dir / "train.tsv", source)
     before = snapshot(existing_data)
-    assert prepare.main(["--format", "conll", "--source", str(source), "--out", str(existing_data)]) == 2
+    assert build.main(["--format", "conll", "--source", str(source), "--out", str(existing_data)]) == 2
     assert capsys.readouterr().err == (
         f"error: {source / 'devel.tsv'}: file not found; --format conll expects train.tsv and devel.tsv "
         f"(optionally test.tsv) in {source}\n"
@@ -763,7 +767,7 @@ def test_conll_errors_name_the_files_it_expects(existing_data, ncbi_dir, tmp_pat
 
 def test_a_tsv_folder_without_format_conll_gets_the_hint(existing_data, ncbi_dir, capsys):
     before = snapshot(existing_data)
-    assert prepare.main(["--source", str(ncbi_dir), "--out", str(existing_data)]) == 2
+    assert build.main(["--source", str(ncbi_dir), "--out", str(existing_data)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "new_train_data.csv" in err[0] and "add `--format conll`" in err[0], err
     assert snapshot(existing_data) == before

@@ -98,3 +98,15 @@ def test_the_core_imports_no_concrete_agent(path):
         elif isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[-1] for alias in node.names}
     assert not imported & CONCRETE_AGENTS
+
+
+def test_the_fixed_data_api_needs_nothing_of_the_build_step():
+    """Every job carries prepare.py but not research_loop/: importing it must not reach the build step (or
+    anything heavy), and `python prepare.py` still builds data/ through it."""
+    code = ("import sys, prepare; print([m for m in sys.modules if m.startswith('research_loop') or "
+            "m in ('datasets', 'seqeval', 'numpy', 'torch')])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    shown = subprocess.run([sys.executable, "prepare.py", "--help"], cwd=PACKAGE.parent, capture_output=True, text=True,
+                           check=True)
+    assert "--aux NAME=SOURCE" in shown.stdout and "--holdout-frac" in shown.stdout

@@ -23,6 +23,7 @@ import prepare
 import runtime
 import train
 from evaluate import score, spans
+from research_loop.preparation import build, sources
 
 REPO = Path(__file__).resolve().parents[1]
 TYPES = ["ClinicalImpacts", "SocialImpacts"]
@@ -758,7 +759,7 @@ def sandbox_view(data_dir: Path, view: Path, val_rows: int | None = None) -> Pat
     if (data_dir / "aux").is_dir():
         shutil.copytree(data_dir / "aux", view / "aux")
     rows = read_jsonl(data_dir / "val.jsonl")[:val_rows]
-    (view / "val.jsonl").write_text("".join(json.dumps(prepare.tokens_only([row])[0]) + "\n" for row in rows))
+    (view / "val.jsonl").write_text("".join(json.dumps(sources.tokens_only([row])[0]) + "\n" for row in rows))
     return view
 
 
@@ -817,7 +818,7 @@ def task7_with_aux(prepared_task7, task7_dir, ncbi_dir, bc5cdr_dir, tmp_path_fac
     loop's sandbox sees it (its cache is the session's temporary one, set by prepared_task7)."""
     root = tmp_path_factory.mktemp("task7_with_aux")
     aux = ["--aux", f"ncbi={ncbi_dir}", "--aux", f"bc5cdr={bc5cdr_dir}"]
-    assert prepare.main(["--source", str(task7_dir), *aux, "--out", str(root / "prepared")]) == 0
+    assert build.main(["--source", str(task7_dir), *aux, "--out", str(root / "prepared")]) == 0
     return sandbox_view(root / "prepared", root / "view", val_rows=24)
 
 
