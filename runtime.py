@@ -300,7 +300,43 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="check the config block against the data and exit (no model load)",
     )
+    parser.add_argument(
+        "--check-space",
+        metavar="JSON",
+        type=json.loads,
+        help="with --check: {NAME: [values]}; each value, and each pair of two knobs' values, is checked "
+        "in the config block's place, and OUT/refused.json lists the changes train.py refuses",
+    )
     return parser.parse_args(argv)
+
+
+def check_space(check, args: argparse.Namespace, space: dict) -> list[dict]:
+    """The changes of `space` that train.py's own check refuses, each {"change": {NAME: value, ...}, "why"}:
+    every value alone, then every pair of two knobs' values that passed alone. Each change is written into
+    train.py's globals (the config block) for its check and taken out again."""
+    settings = check.__globals__
+    check(args)  # the config block as it is must pass first
+    singles = [{name: value} for name, values in space.items() if name in settings for value in values]
+    refused = []
+
+    def refuses(change: dict) -> bool:
+        saved = {name: settings[name] for name in change}
+        settings.update(change)
+        try:
+            check(args)
+        except ConfigError as error:
+            refused.append({"change": change, "why": str(error)})
+            return True
+        finally:
+            settings.update(saved)
+        return False
+
+    passed = [change for change in singles if not refuses(change)]
+    for i, first in enumerate(passed):
+        for second in passed[i + 1 :]:
+            if first.keys() != second.keys():
+                refuses({**first, **second})
+    return refused
 
 
 def config_values(settings: dict) -> dict:
@@ -377,6 +413,12 @@ def main(run, check, argv=None) -> int:
     and exit code 2."""
     args = parse_args(argv)
     try:
+        if args.check and args.check_space is not None:
+            refused = check_space(check, args, args.check_space)
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "refused.json").write_text(json.dumps(refused) + "\n", encoding="utf-8")
+            print(f"config: ok; {len(refused)} changes of the search space refused")
+            return 0
         if args.check:
             check(args)
             print("config: ok")

@@ -24,6 +24,7 @@ from research_loop.evaluation.trial import save_outputs
 from research_loop.execution import sandbox as sandboxes
 from research_loop.execution.executors import kill_stale
 from research_loop.execution.jobs import Job, JobResult, run_job
+from research_loop.night.config import NightConfig
 from research_loop.night.folders import Workspace, WorkspaceError, check_tag
 from research_loop.night.lock import LockError, LoopLock
 from research_loop.night.opening import private_folders
@@ -32,7 +33,6 @@ from research_loop.records.gitops import TRAIN_FILE, Git, GitError
 from research_loop.records.integrity import FIXED_FILES
 from research_loop.records.ledger import now_iso
 
-from .loop import LoopConfig
 from .model_cache import ModelCacheError, ensure_cached, model_name
 from .safe_io import open_no_follow, read_bytes, write_atomically
 
@@ -91,7 +91,7 @@ def run_calibration(repo: Path, tag: str, repeats: int, limit: int | None, timeo
                     raise KeyboardInterrupt
                 echo(f"seed {seed} ({number}/{repeats}): training; log {bench.shown(bench.log(seed))}")
                 job = Job(train_py, bench.fixed_files, bench.views.view().files, seed,
-                          timeout_s=timeout_s or LoopConfig.baseline_timeout_s, extra_args=options,
+                          timeout_s=timeout_s or NightConfig.baseline_timeout_s, extra_args=options,
                           label=f"calibrate seed {seed}")
                 score = bench.run_seed(job, aborted)
                 scores.append(score)

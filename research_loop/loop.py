@@ -17,22 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
-from research_loop.evaluation.acceptance import AcceptancePolicy, Monotonic
 from research_loop.execution.executors import LocalExecutor
-from research_loop.execution.sandbox import Limits, SandboxError
+from research_loop.execution.sandbox import SandboxError
+from research_loop.night.config import NightConfig
 from research_loop.night.folders import Workspace, WorkspaceError, check_tag
 from research_loop.night.lock import LockError, LoopLock
-from research_loop.night.opening import (
-    NightConfig,
-    NightError,
-    baseline_commit,
-    open_files,
-    private_folders,
-    replicate_keys,
-    timeout_for,
-    trial_keys,
-    write_night,
-)
+from research_loop.night.opening import NightError, baseline_commit, open_files, private_folders, write_night
 from research_loop.night.progress import Progress
 from research_loop.night.recovery import place_branch, reconcile
 from research_loop.night.scheduler import Scheduler
@@ -41,56 +31,12 @@ from research_loop.night.stopping import Budget, StopControl
 from research_loop.proposals.intake import Intake
 from research_loop.proposals.source import ProposalSource
 from research_loop.records.recorder import Recorder
-from research_loop.records.tracking import NullTracker
 
 from .agents.base import Agent
 
 
 class LoopError(Exception):
     """A one-line, user-facing reason the loop cannot start."""
-
-
-@dataclass
-class LoopConfig:
-    repo: Path
-    tag: str
-    agent_name: str = ""
-    settings: list[tuple[str, object]] = field(default_factory=list)  # --set NAME=VALUE (a new night)
-    train_options: tuple[str, ...] = ()  # loop-owned train.py options (--limit N, --device D)
-    max_runs: int | None = None  # rows this session (baseline and invalid ones included)
-    max_hours: float | None = None
-    max_cost_usd: float | None = None
-    timeout_s: float | None = None  # per job; None: 3x the baseline's per-trial time, at least min_timeout_s
-    min_timeout_s: float = 600.0
-    baseline_timeout_s: float = 7200.0
-    run_budget_s: float | None = None  # every run's wall-clock budget (train.py gets the deadline)
-    policy: AcceptancePolicy = field(default_factory=Monotonic)
-    eval_mode: str = "val"
-    folds: int = 5
-    seeds: tuple[int, ...] = (42, 43, 44)
-    split_seed: int = 2026
-    check_duplicates: bool = True
-    max_bounces: int = 3
-    close_after: int = 5
-    agent_retry_s: float = 60.0
-    agent_max_failures: int = 8
-    kill_grace_s: float = 10.0
-    progress: bool = True
-    workers: int = 1
-    lookahead: int = 1  # proposals prepared ahead of the free workers (0: strictly one after another)
-    ray_address: str | None = None
-    sandbox: str = "auto"
-    allow_unsandboxed: bool = False
-    limits: Limits = field(default_factory=Limits)
-    tracker: object = field(default_factory=NullTracker)
-    base: str | None = None  # a new night's base commit (None: HEAD)
-    from_branch: str | None = None  # the branch checked out before the night (the end line names it)
-    agent_patience_s: float = 1800.0  # stop the night when the agent stayed unreachable this long
-    writes_code: bool = True  # the agent writes train.py (the registry says; the CLI sets it)
-
-    def timeout(self, records, is_baseline: bool) -> float:
-        return timeout_for([] if is_baseline else records, self.timeout_s, self.run_budget_s, self.min_timeout_s,
-                           self.baseline_timeout_s)
 
 
 @dataclass
@@ -114,7 +60,7 @@ class LoopSummary:
     sandbox: str = ""  # the backend the night's train.py ran in ("none": UNSANDBOXED)
 
 
-def make_executor(config: LoopConfig, ws: Workspace, backend: str, private: list[Path]):
+def make_executor(config: NightConfig, ws: Workspace, backend: str, private: list[Path]):
     if config.workers > 1 or config.ray_address:
         from research_loop.execution.ray_executor import RayExecutor  # the ray extra
 
@@ -123,7 +69,7 @@ def make_executor(config: LoopConfig, ws: Workspace, backend: str, private: list
     return LocalExecutor(config.workers, backend, ws.jobs_root, ws.repo, private, config.limits, config.kill_grace_s)
 
 
-def run_loop(config: LoopConfig, agent: Agent) -> LoopSummary:
+def run_loop(config: NightConfig, agent: Agent) -> LoopSummary:
     """Run (or resume) the night config.tag until a budget, STOP, Ctrl-C or an error ends it."""
     try:
         ws = Workspace(Path(config.repo).resolve(), check_tag(config.tag))
@@ -133,20 +79,15 @@ def run_loop(config: LoopConfig, agent: Agent) -> LoopSummary:
         raise LoopError(str(exc)) from None
     executor = None
     try:
-        night_config = NightConfig(ws.repo, ws.tag, config.settings, config.train_options, config.eval_mode,
-                                   config.folds, config.seeds, config.split_seed, config.policy, config.sandbox,
-                                   config.allow_unsandboxed, config.run_budget_s, config.agent_name, config.workers,
-                                   config.limits, base=config.base, from_branch=config.from_branch, writes_code=config.writes_code)
         try:
-            files = open_files(night_config, ws)
+            files = open_files(config, ws)
             notes = [note for note in [place_branch(files.git, ws.tag, files.records)] if note]
-            base = baseline_commit(night_config, ws, files.git, files.records)
+            base = baseline_commit(config, ws, files.git, files.records)
             private = private_folders(ws.repo, files.views.manifest)
             executor = make_executor(config, ws, files.backend, private)
         except (NightError, SandboxError, ImportError) as exc:
             raise LoopError(str(exc)) from None
-        write_night(night_config, ws, files.backend, base, {"lookahead": config.lookahead,
-                                                           "close_after": config.close_after})
+        write_night(config, ws, files.backend, base, {"lookahead": config.lookahead, "close_after": config.close_after})
         return _run(config, agent, ws, files, executor, base, notes)
     finally:
         if executor is not None:
@@ -154,10 +95,9 @@ def run_loop(config: LoopConfig, agent: Agent) -> LoopSummary:
         lock.release()
 
 
-def _run(config: LoopConfig, agent: Agent, ws: Workspace, files, executor, base: str, notes: list[str]) -> LoopSummary:
+def _run(config: NightConfig, agent: Agent, ws: Workspace, files, executor, base: str, notes: list[str]) -> LoopSummary:
     budget = Budget(max_runs=config.max_runs, max_hours=config.max_hours, max_cost_usd=config.max_cost_usd)
-    plan = NightConfig(ws.repo, ws.tag, eval_mode=config.eval_mode, folds=config.folds, seeds=config.seeds)
-    keys, replicates = trial_keys(plan), replicate_keys(plan)
+    keys, replicates = config.trial_keys(), config.replicate_keys()
     progress = Progress(ws.tag, enabled=config.progress, unit="fold" if config.eval_mode == "cv" else "seed")
     stop = StopControl(ws.repo, budget, progress.note)
     session = Session(ws, files, agent, config.policy, keys, replicates if config.policy.paired
@@ -180,7 +120,7 @@ def _run(config: LoopConfig, agent: Agent, ws: Workspace, files, executor, base:
         intake = Intake(session, recorder, proposals, config.max_bounces)
         scheduler = Scheduler(session, intake, recorder, queue, config)
         recorder.in_flight = scheduler.in_flight_lines
-        config.tracker.night_started(ws.tag, {**ws.night(), "agent": config.agent_name})
+        config.tracker.night_started(ws.tag, {**ws.night(), "agent": config.agent})
         session.write_state(scheduler.in_flight_lines())
         ending = scheduler.run()
         best = session.best()

@@ -95,6 +95,7 @@ def main():
     parser.add_argument("--sleep", type=float, default=SLEEP_S)
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--check-space", type=json.loads)
     args, _ = parser.parse_known_args()
     if args.check:  # train.py's config check, as the loop runs it before a night with --set
         bad = [name for name in ("QUALITY", "LEARNING_RATE", "WEIGHT_DECAY")
@@ -102,6 +103,9 @@ def main():
         if bad:
             print("error: " + "; ".join(f"{name} must be a number of at least 0" for name in bad), file=sys.stderr)
             sys.exit(2)
+        if args.check_space is not None:  # a search agent's space: the fake refuses nothing the space holds
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "refused.json").write_text("[]")
         print("config: ok")
         return
     args.out.mkdir(parents=True, exist_ok=True)
@@ -273,7 +277,7 @@ def branch_runs(repo: Path, tag: str) -> list[int]:
 def loop_config(repo: Path, tag: str, **overrides):
     """The loop settings the tests share: fast kills, no live panel, one proposal at a time."""
     sys.path.insert(0, str(PROJECT))
-    from research_loop.loop import LoopConfig
+    from research_loop.night.config import NightConfig
 
     settings = {
         "repo": repo,
@@ -287,7 +291,7 @@ def loop_config(repo: Path, tag: str, **overrides):
     }
     settings = {**settings, **overrides}
     settings.setdefault("allow_unsandboxed", settings["sandbox"] == "none")
-    return LoopConfig(**settings)
+    return NightConfig(**settings)
 
 
 def train_pid_file(repo: Path, tag: str, run: int, trial: int = 0) -> Path:
@@ -341,3 +345,16 @@ def fake_quality(quality: float, learning_rate=3e-05, weight_decay=0.01, schedul
 
     config_bytes = repr((learning_rate, weight_decay, schedule)).encode()
     return quality + (int(hashlib.md5(config_bytes).hexdigest(), 16) % 11 - 5) / 100
+
+
+def refused_by_train_py(data_dir: Path, labels, entity_types, aux_names=()) -> list[dict]:
+    """What the real train.py's check refuses of the search space, computed in this process: the same
+    `runtime.check_space` that `train.py --check --check-space` runs in the sandbox before a search night."""
+    import argparse
+
+    import runtime
+    import train
+    from research_loop.agents import search_space
+
+    space = search_space.options(list(labels), list(entity_types), list(aux_names))
+    return runtime.check_space(train.check, argparse.Namespace(data=Path(data_dir)), space)

@@ -4,6 +4,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from loop_helpers import refused_by_train_py
 
 from prepare import load_entity_types, load_labels
 from research_loop.agents.base import AgentError, Context
@@ -19,7 +20,8 @@ def context(tmp_path, train_py=TRAIN_PY):
 
 @pytest.fixture
 def agent(tmp_path, prepared_task7):
-    return BuiltinAgent(load_labels(prepared_task7), load_entity_types(prepared_task7), seed=1)
+    labels, types = load_labels(prepared_task7), load_entity_types(prepared_task7)
+    return BuiltinAgent(labels, types, seed=1, refused=refused_by_train_py(prepared_task7, labels, types))
 
 
 def changed_constants(before: str, after: str) -> dict:
@@ -74,6 +76,9 @@ def test_same_seed_same_proposals(tmp_path, prepared_task7):
 
 
 def test_no_class_weights_for_labels_the_io_scheme_lacks(agent, tmp_path):
+    """train.py's own check refuses B- weights under IO (the agent holds no rule of its own about it)."""
+    assert any(entry["change"].get("LABEL_SCHEME") == "IO" and "CLASS_WEIGHTS" in entry["change"]
+               for entry in agent.refused)
     io = TRAIN_PY.replace('LABEL_SCHEME = "BIO"', 'LABEL_SCHEME = "IO"', 1)
     assert read_config(io)["LABEL_SCHEME"][1] == "IO"
     weights = []

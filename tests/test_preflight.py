@@ -202,3 +202,39 @@ def test_a_night_whose_baseline_fails_leaves_no_branch_and_no_commit(fake_repo):
     again = agent_loop(fake_repo, "--agent", "builtin", "--tag", "x", "--max-runs", "1")  # the same tag, afresh
     assert again.returncode == 0, again.stdout + again.stderr
     assert "starting night x" in again.stdout
+
+
+def test_a_search_agents_space_goes_through_train_pys_own_check_in_the_sandbox(real_repo):
+    """train.py's check is the one judge of a valid config: a train.py that refuses long training gets a
+    builtin search that never proposes it, and the pairs it refuses (B- weights under IO) come back too.
+    A train.py that answers the check with nonsense is refused in one line."""
+    from types import SimpleNamespace
+
+    from research_loop.cli.commands import RunOptions, make_agent, refused_changes
+    from research_loop.execution import sandbox
+    from research_loop.night.preflight import PreflightError
+
+    text = (real_repo / "train.py").read_text()
+    strict = text.replace("    if problems:\n        raise ConfigError(",
+                          '    if EPOCHS > 10:\n        problems.append(f"EPOCHS: at most 10 here, not {EPOCHS}")\n'
+                          "    if problems:\n        raise ConfigError(", 1)
+    assert strict != text
+    (real_repo / "train.py").write_text(strict)
+    git(real_repo, "commit", "-qam", "train.py refuses long training")
+    backend, _ = sandbox.choose("auto", allow_none=False)
+    config, options = SimpleNamespace(base=None, tag="t", settings=[]), RunOptions(agent="builtin")
+    refused = refused_changes(real_repo, options, config, {}, backend)
+    changes = [entry["change"] for entry in refused]
+    assert {"EPOCHS": 15} in changes and {"EPOCHS": 20} in changes
+    assert all("EPOCHS: at most 10" in entry["why"] for entry in refused if "EPOCHS" in entry["change"])
+    assert any(change.get("LABEL_SCHEME") == "IO" and "CLASS_WEIGHTS" in change for change in changes)
+    agent = make_agent(real_repo, options, "t", refused)
+    assert max(agent.options["EPOCHS"]) == 10 and "CLASS_WEIGHTS" in agent.options
+
+    nonsense = ('def main(argv=None):\n    import pathlib\n\n    pathlib.Path("out").mkdir(exist_ok=True)\n'
+                '    pathlib.Path("out/refused.json").write_text(\'{"no": 1}\')\n    return 0\n\n\n')
+    main_block = 'if __name__ == "__main__":'
+    (real_repo / "train.py").write_text(strict.replace(main_block, nonsense + main_block))
+    git(real_repo, "commit", "-qam", "a train.py that answers the check with nonsense")
+    with pytest.raises(PreflightError, match="refused.json is not a list of changes"):
+        refused_changes(real_repo, options, config, {}, backend)

@@ -1,7 +1,7 @@
 """A surrogate of train.py for the efficacy benchmark (bench/efficacy.py): the real config block, a known
 quality for every config, and real prediction files, in well under a second.
 
-It takes the loop's command line (--out, --seed, --data, --fold; the rest is ignored) and reads only what the
+It takes the loop's command line (--out, --seed, --data, --fold, --check; the rest is ignored) and reads only what the
 sandbox gives it: train's tags, and val / holdout tokens. Its latent quality (in strict-F1 units) is a known
 function of the config block (EFFECTS below), plus noise: a seed (or fold) effect shared by every config,
 an effect of the config on that seed, and a collapse to all O with the "short" noise profile. The latent
@@ -222,8 +222,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--fold", type=int, default=None)
+    parser.add_argument("--check", action="store_true")
+    parser.add_argument("--check-space", type=json.loads)
     args, _ = parser.parse_known_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.check:  # every config has a known quality: the surrogate refuses no change of the search space
+        if args.check_space is not None:
+            (args.out / "refused.json").write_text("[]\n")
+        print("config: ok")
+        return
     config = config_of(globals())
     train_rows = read_jsonl(args.data / "train.jsonl")
     for split in ("val", "holdout"):

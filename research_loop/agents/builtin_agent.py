@@ -16,10 +16,12 @@ class BuiltinAgent:
 
     name = "builtin"
 
-    def __init__(self, labels: list[str], entity_types: list[str], seed: int = 0, aux_names: list[str] = ()):
+    def __init__(self, labels: list[str], entity_types: list[str], seed: int = 0, aux_names: list[str] = (),
+                 refused: list[dict] = ()):
         self.seed = seed
-        self.labels = labels
-        self.options = search_space.options(labels, entity_types, aux_names)
+        self.refused = list(refused)  # what train.py --check refused (preflight.check_search_space)
+        self.options = search_space.checked_options(search_space.options(labels, entity_types, aux_names),
+                                                    self.refused)
         # (train.py it started from, constant, value) of every proposal so far, bounced ones included
         self.proposed: set[tuple[str, str, str]] = set()
 
@@ -30,7 +32,7 @@ class BuiltinAgent:
             if name not in config or search_space.inert(config, name):
                 continue
             fresh = [value for value in values if value != config[name]
-                     and search_space.consistent({**config, name: value}, self.labels)
+                     and search_space.allowed({**config, name: value}, self.refused)
                      and (base, name, literal(value)) not in self.proposed]
             if fresh:
                 choices[name] = fresh

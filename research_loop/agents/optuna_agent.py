@@ -102,15 +102,17 @@ class OptunaAgent:
     name = "optuna"
 
     def __init__(self, labels: list[str], entity_types: list[str], seed: int = 0, aux_names: list[str] = (),
-                 storage: str | Path | optuna.storages.BaseStorage | None = None, max_knobs: int = 3):
+                 storage: str | Path | optuna.storages.BaseStorage | None = None, max_knobs: int = 3,
+                 refused: list[dict] = ()):
         require_optuna()
         if max_knobs < 1:
             raise ValueError(f"max_knobs must be at least 1, not {max_knobs}")
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "Trial 3 finished" lines amid the loop's
-        self.labels = labels
         self.seed = seed
         self.max_knobs = max_knobs
-        self.options = search_space.options(labels, entity_types, aux_names)
+        self.refused = list(refused)  # what train.py --check refused (preflight.check_search_space)
+        self.options = search_space.checked_options(search_space.options(labels, entity_types, aux_names),
+                                                    self.refused)
         self.choices = {name: tuple(literal(value) for value in options)
                         for name, options in self.options.items()}
         if isinstance(storage, (str, Path)) and "://" not in str(storage):  # a file path, not a database URL
@@ -185,9 +187,9 @@ class OptunaAgent:
         return changes
 
     def _fresh(self, config: dict, changes: dict, code_key: str) -> bool:
-        """True when the changes are consistent, none is inert, and the result was never proposed."""
+        """True when train.py allows the changes, none is inert, and the result was never proposed."""
         new_config = {**config, **changes}
-        return (search_space.consistent(new_config, self.labels)
+        return (search_space.allowed(new_config, self.refused)
                 and not any(search_space.inert(new_config, name) for name in changes)
                 and _identity(code_key, new_config) not in self.seen)
 

@@ -24,6 +24,7 @@ class AgentOptions:
     entity_types: tuple[str, ...] = ()
     aux_names: tuple[str, ...] = ()
     storage: Path | None = None  # the Optuna study's SQLite file (runs/<tag>/optuna.db)
+    refused: tuple[dict, ...] = ()  # the search space's changes train.py --check refused (needs_labels backends)
 
 
 def _anthropic(options: AgentOptions, repo: Path) -> Agent:
@@ -57,14 +58,15 @@ def _optuna(options: AgentOptions, repo: Path) -> Agent:
 
     optuna_agent.require_optuna()
     return optuna_agent.OptunaAgent(list(options.labels), list(options.entity_types), seed=options.seed,
-                                    aux_names=list(options.aux_names), storage=options.storage)
+                                    aux_names=list(options.aux_names), storage=options.storage,
+                                    refused=list(options.refused))
 
 
 def _builtin(options: AgentOptions, repo: Path) -> Agent:
     from .builtin_agent import BuiltinAgent
 
     return BuiltinAgent(list(options.labels), list(options.entity_types), seed=options.seed,
-                        aux_names=list(options.aux_names))
+                        aux_names=list(options.aux_names), refused=list(options.refused))
 
 
 def _null(options: AgentOptions, repo: Path) -> Agent:
@@ -80,7 +82,8 @@ class Backend:
     build: Callable[[AgentOptions, Path], Agent]  # imports its module (an optional extra) only when called
     writes_code: bool  # an LLM writes train.py: the sandbox is required
     takes_llm: bool = False  # --llm picks its model
-    needs_labels: bool = False  # it searches the config block: AgentOptions carries the data's labels
+    needs_labels: bool = False  # it searches the config block: AgentOptions carries the data's labels and
+    # what train.py --check refused of the search space
     base_url: bool = False  # --base-url applies
 
 

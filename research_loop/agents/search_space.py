@@ -1,5 +1,7 @@
 """The knobs the search agents (builtin random search, Optuna) turn, and the values they try: one table, so
-both searches cover exactly the same space and a comparison between them is fair.
+both searches cover exactly the same space and a comparison between them is fair. Before a night, the
+space goes through `train.py --check --check-space` in the sandbox; what train.py refuses, alone or in a
+pair, the searches never propose.
 
 Left out on purpose: MODEL_NAME (the model is the human's choice), the seed (the loop owns it), PRECISION
 (fp16 needs loss scaling and crashes some encoders) and the speed-only switches (they cannot change F1)."""
@@ -76,11 +78,18 @@ def direction_of(name: str) -> str:
     return KNOBS[name][0]
 
 
-def consistent(config: dict, labels: list[str]) -> bool:
-    """False for a config train.py would refuse: class weights for labels the label scheme lacks."""
-    learned = labels if config.get("LABEL_SCHEME", "BIO") == "BIO" else \
-        [label for label in labels if not label.startswith("B-")]
-    return set(config.get("CLASS_WEIGHTS") or {}) <= set(learned)
+def allowed(config: dict, refused: list[dict]) -> bool:
+    """False when `config` holds a change that `train.py --check --check-space` refused (one value, or two
+    knobs' values together, such as class weights for B- labels under the IO scheme): train.py's own check
+    is the only judge of a valid config, so no search re-implements it."""
+    return not any(all(name in config and config[name] == value for name, value in entry["change"].items())
+                   for entry in refused)
+
+
+def checked_options(options: dict[str, list], refused: list[dict]) -> dict[str, list]:
+    """The options less the values train.py refuses on their own."""
+    checked = {name: [value for value in values if allowed({name: value}, refused)] for name, values in options.items()}
+    return {name: values for name, values in checked.items() if values}
 
 
 def inert(config: dict, name: str) -> bool:

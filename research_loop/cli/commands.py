@@ -39,6 +39,10 @@ def expand_optional_values(args: list[str], flag: str, option: str, default: str
 
 @dataclass
 class RunOptions:
+    """The `run` command's options as the user gave them: minutes, NAME=VALUE strings, and None for "not
+    given" (a resumed night must tell a given option from a default). The preflight reads them; build_config
+    turns them, once, into the night's NightConfig, which is all the pipeline sees."""
+
     tag: str | None = None
     new: bool = False
     agent: str = "anthropic"
@@ -101,7 +105,7 @@ def night_shape(options: RunOptions, night: dict) -> dict:
 
 def build_config(repo: Path, options: RunOptions, tag: str, night: dict, echo: Echo):
     from research_loop.agents.registry import writes_code
-    from research_loop.loop import LoopConfig
+    from research_loop.night.config import NightConfig
 
     shape = night_shape(options, night)
     settings = [config_block.parse_assignment(text) for text in options.settings]
@@ -114,8 +118,8 @@ def build_config(repo: Path, options: RunOptions, tag: str, night: dict, echo: E
         raise OptionError(f"--sandbox none with --agent {options.agent} needs --no-sandbox: an LLM's train.py "
                           "would run with your keys, your network and your files")
     budget = shape["run_budget_min"]
-    return LoopConfig(
-        repo=repo, tag=tag, agent_name=options.agent, settings=settings, train_options=train_options,
+    return NightConfig(
+        repo=repo, tag=tag, agent=options.agent, settings=settings, train_options=train_options,
         max_runs=options.max_runs, max_hours=options.max_hours, max_cost_usd=options.max_cost_usd,
         timeout_s=options.timeout_min * 60 if options.timeout_min else None,
         run_budget_s=budget * 60 if budget else None,
@@ -158,7 +162,7 @@ def night_base(repo: Path, night: dict, from_ref: str | None) -> tuple[str | Non
     return repo_git.head.commit.hexsha, branch
 
 
-def make_agent(repo: Path, options: RunOptions, tag: str):
+def make_agent(repo: Path, options: RunOptions, tag: str, refused: list[dict] = ()):
     import prepare
     from research_loop.agents.registry import BACKENDS, AgentOptions
     from research_loop.agents.registry import make_agent as build
@@ -171,25 +175,53 @@ def make_agent(repo: Path, options: RunOptions, tag: str):
         except prepare.DataError as exc:
             raise OptionError(str(exc)) from None
     return build(AgentOptions(options.agent, options.llm, options.base_url, options.agent_seed, tuple(labels),
-                              tuple(types), tuple(aux), repo / "runs" / tag / "optuna.db"), repo)
+                              tuple(types), tuple(aux), repo / "runs" / tag / "optuna.db", tuple(refused)), repo)
 
 
-def check_new_settings(repo: Path, config, night: dict, backend: str) -> None:
-    """A new night's --set values, checked by train.py --check in the sandbox before any branch or commit."""
+def night_files(repo: Path, config) -> tuple[str, dict[str, bytes], list[Path], Path]:
+    """(the train.py a night starts from, before its --set values; the fixed files; the private folders; the
+    jobs folder), for the checks that run before the night."""
     import git
 
     from research_loop.night.opening import private_folders
-    from research_loop.night.preflight import check_settings
     from research_loop.records.integrity import FIXED_FILES
 
-    if night or not config.settings:
-        return
     commit = git.Repo(repo).commit(config.base or "HEAD")
     files = {name: (commit.tree / name).data_stream.read() for name in ("train.py", *FIXED_FILES)
              if name in commit.tree}
     private = private_folders(repo, workspace.read_json(repo / "data" / "manifest.json"))
-    check_settings(repo, files.pop("train.py").decode("utf-8"), files, config.settings, backend,
-                   workspace.Workspace(repo, config.tag).jobs_root, private)
+    return files.pop("train.py").decode("utf-8"), files, private, workspace.Workspace(repo, config.tag).jobs_root
+
+
+def check_new_settings(repo: Path, config, night: dict, backend: str) -> None:
+    """A new night's --set values, checked by train.py --check in the sandbox before any branch or commit."""
+    from research_loop.night.preflight import check_settings
+
+    if night or not config.settings:
+        return
+    train_py, files, private, jobs_root = night_files(repo, config)
+    check_settings(repo, train_py, files, config.settings, backend, jobs_root, private)
+
+
+def refused_changes(repo: Path, options: RunOptions, config, night: dict, backend: str) -> list[dict]:
+    """For a search agent (builtin, optuna): the changes of its space that train.py --check refuses."""
+    import prepare
+    from research_loop.agents import search_space
+    from research_loop.agents.registry import BACKENDS
+    from research_loop.night.preflight import check_search_space
+
+    if options.agent not in BACKENDS or not BACKENDS[options.agent].needs_labels:
+        return []
+    data = repo / "data"
+    try:
+        space = search_space.options(prepare.load_labels(data), prepare.load_entity_types(data),
+                                     prepare.aux_names(data))
+    except prepare.DataError as exc:
+        raise OptionError(str(exc)) from None
+    train_py, files, private, jobs_root = night_files(repo, config)
+    settings = [config_block.parse_assignment(f"{name}={value}") for name, value in night.get("settings", {}).items()]
+    train_py = config_block.apply_settings(train_py, settings if night else config.settings)
+    return check_search_space(repo, train_py, files, space, backend, jobs_root, private)
 
 
 def run_night(repo: Path, options: RunOptions, echo: Echo) -> int:
@@ -215,7 +247,7 @@ def run_night(repo: Path, options: RunOptions, echo: Echo) -> int:
         ensure_data(repo, options.source, echo)
         backend = choose_backend(config.sandbox, config.allow_unsandboxed)  # before the agent is asked anything
         check_new_settings(repo, config, night, backend)
-        agent = make_agent(repo, options, tag)
+        agent = make_agent(repo, options, tag, refused_changes(repo, options, config, night, backend))
         check_agent(agent)
         if options.mlflow_uri is not None:
             uri = None if options.mlflow_uri == "default" else options.mlflow_uri

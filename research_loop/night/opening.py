@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from research_loop import config_block
-from research_loop.evaluation.acceptance import AcceptancePolicy, Monotonic, TrialKey
 from research_loop.evaluation.dataviews import DataViews, write_gold
 from research_loop.evaluation.scoring import Scorer, import_file
 from research_loop.execution import sandbox
-from research_loop.execution.sandbox import Limits
+from research_loop.night.config import NightConfig
 from research_loop.night.folders import STOP_FILE, Workspace, cache_root
 from research_loop.records.current_state import best_record
 from research_loop.records.gitops import TRAIN_FILE, Git, GitError
@@ -29,43 +28,6 @@ from research_loop.safe_io import read_bytes
 
 class NightError(Exception):
     """A one-line, user-facing reason the night cannot start."""
-
-
-@dataclass
-class NightConfig:
-    repo: Path
-    tag: str
-    settings: list[tuple[str, object]] = field(default_factory=list)  # --set NAME=VALUE, for a new night
-    train_options: tuple[str, ...] = ()  # loop-owned train.py options: --limit N, --device D
-    eval_mode: str = "val"  # val | cv
-    folds: int = 5
-    seeds: tuple[int, ...] = (42, 43, 44)
-    split_seed: int = 2026
-    policy: AcceptancePolicy = field(default_factory=Monotonic)
-    sandbox: str = "auto"  # auto | bwrap | unshare | none
-    allow_unsandboxed: bool = False  # --no-sandbox, or an agent that writes no code (builtin, null, optuna)
-    run_budget_s: float | None = None
-    agent: str = ""
-    workers: int = 1
-    limits: Limits = field(default_factory=Limits)
-    base: str | None = None  # a new night's base commit (None: HEAD); a night never starts from another's tip
-    from_branch: str | None = None  # the branch checked out when the night started (to go back to)
-    writes_code: bool = True  # the agent writes train.py (an LLM): running it unsandboxed needed --no-sandbox
-
-
-def trial_keys(config: NightConfig) -> list[TrialKey]:
-    """The night's trial plan: seeds on val, or one seed per fold in cross-validation."""
-    if config.eval_mode == "cv":
-        return [(config.seeds[0], fold) for fold in range(config.folds)]
-    return [(seed, None) for seed in config.seeds]
-
-
-def replicate_keys(config: NightConfig) -> list[TrialKey]:
-    """Extra baseline trials that measure the noise a paired comparison faces: in cross-validation, every
-    fold again on a second seed (the baseline's folds differ in difficulty, so their spread is not noise)."""
-    if config.eval_mode == "cv":
-        return [(config.seeds[0] + 1, fold) for fold in range(config.folds)]
-    return []
 
 
 @dataclass
@@ -306,7 +268,7 @@ def write_night(config: NightConfig, ws: Workspace, backend: str, baseline: str,
     if not night:
         night = {
             "tag": ws.tag, "started": now_iso(), "agent": config.agent, "policy": config.policy.name,
-            "trials": min(config.policy.trials, len(trial_keys(config))), "eval": config.eval_mode, "folds": config.folds,
+            "trials": min(config.policy.trials, len(config.trial_keys())), "eval": config.eval_mode, "folds": config.folds,
             "seeds": list(config.seeds), "seed_count": len(config.seeds), "split_seed": config.split_seed,
             "run_budget_min": config.run_budget_s / 60 if config.run_budget_s else None,
             "settings": {name: config_block.literal(value) for name, value in config.settings},
@@ -321,22 +283,6 @@ def write_night(config: NightConfig, ws: Workspace, backend: str, baseline: str,
                   "sessions": [*night.get("sessions", [night["started"]]), opened], **extra})
     ws.write_night(night)
     return night
-
-
-def timeout_for(records: list[RunRecord], config_timeout_s: float | None, run_budget_s: float | None,
-                min_timeout_s: float, baseline_timeout_s: float) -> float:
-    """A job's wall-clock limit: the given one; else the run budget plus slack; else 3x the baseline's
-    per-trial time (at least min_timeout_s); before any baseline, baseline_timeout_s."""
-    if config_timeout_s:
-        return config_timeout_s
-    if run_budget_s:
-        return run_budget_s + max(5.0, 0.1 * run_budget_s)  # train.py was told the deadline: past it is an overrun
-    baseline = next((record for record in records if record.status.value == "baseline"), None)
-    if baseline is None or not baseline.seconds or not baseline.trials:
-        return baseline_timeout_s
-    return max(min_timeout_s, 3 * baseline.seconds / baseline.trials)
-
-
 
 
 def discard_failed_night(ws: Workspace, from_branch: str | None, base: str | None) -> str:

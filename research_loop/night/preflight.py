@@ -1,9 +1,10 @@
 """What a command checks before it creates anything: no other loop holds the repository, data/ is prepared
 (prepare.py runs itself when it is missing), every --set value passes train.py's own config check in the
-sandbox, and the agent answers. Each failure is one line; the repository is left as it was."""
+sandbox, a search agent's space goes through that check too, and the agent answers. Each failure is one line; the repository is left as it was."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -52,29 +53,55 @@ def choose_backend(sandbox_kind: str, allow_unsandboxed: bool) -> str:
         raise PreflightError(str(exc)) from None
 
 
-def check_settings(repo: Path, train_py: str, fixed_files: dict[str, bytes], settings: list[tuple[str, object]],
-                   backend: str, jobs_root: Path, private: list[Path]) -> None:
-    """The --set values written into train.py's config block, checked by `train.py --check` in the sandbox
-    (the train.py is a night's, so it may be an agent's): every bad knob is named at once."""
+def check_job(repo: Path, train_py: str, fixed_files: dict[str, bytes], backend: str, jobs_root: Path,
+              private: list[Path], label: str, extra_args: tuple[str, ...] = ()):
+    """`train.py --check` (plus extra_args) in the sandbox, on the val data view: (the job's result, its
+    error line or None). The train.py is a night's, so it may be an agent's."""
     from research_loop.evaluation.dataviews import DataViews
     from research_loop.execution.jobs import Job, run_job
 
+    view = DataViews(repo / "data", "val", 2, 0).view()
+    job = Job(train_py, fixed_files, view.files, seed=42, timeout_s=300.0, extra_args=("--check", *extra_args),
+              label=label)
+    result = run_job(job, backend, jobs_root=jobs_root, repo=repo, private=private, grace_s=2.0)
+    lines = [line.strip() for line in result.log_tail.splitlines() if line.strip()]
+    error = next((line for line in reversed(lines) if line.startswith("error:")), None)
+    return result, error.removeprefix("error: ") if error else None
+
+
+def check_settings(repo: Path, train_py: str, fixed_files: dict[str, bytes], settings: list[tuple[str, object]],
+                   backend: str, jobs_root: Path, private: list[Path]) -> None:
+    """The --set values written into train.py's config block, checked by `train.py --check` in the sandbox:
+    every bad knob is named at once."""
     try:
         candidate = config_block.apply_settings(train_py, settings)
     except config_block.ConfigBlockError as exc:
         raise PreflightError(str(exc)) from None
-    view = DataViews(repo / "data", "val", 2, 0).view()
-    job = Job(candidate, fixed_files, view.files, seed=42, timeout_s=300.0, extra_args=("--check",),
-              label="config check")
-    result = run_job(job, backend, jobs_root=jobs_root, repo=repo, private=private, grace_s=2.0)
+    result, error = check_job(repo, candidate, fixed_files, backend, jobs_root, private, "config check")
     if result.kind == "ok":
         return
-    lines = [line.strip() for line in result.log_tail.splitlines() if line.strip()]
-    error = next((line for line in reversed(lines) if line.startswith("error:")), None)
     listed = " ".join(f"{name}={config_block.literal(value)}" for name, value in settings)
     if error:
-        raise PreflightError(f"--set {listed}: {error.removeprefix('error: ')}")
+        raise PreflightError(f"--set {listed}: {error}")
     raise PreflightError(f"--set {listed}: train.py --check failed ({result.error_line()})")
+
+
+def check_search_space(repo: Path, train_py: str, fixed_files: dict[str, bytes], space: dict[str, list],
+                       backend: str, jobs_root: Path, private: list[Path]) -> list[dict]:
+    """A search agent's space through `train.py --check --check-space`: the changes train.py refuses, alone
+    or two together ({"change", "why"} each), so the search never proposes them."""
+    result, error = check_job(repo, train_py, fixed_files, backend, jobs_root, private, "search space check",
+                              ("--check-space", json.dumps(space)))
+    if result.kind != "ok":
+        raise PreflightError(f"train.py --check could not check the search space: {error or result.error_line()}")
+    try:
+        refused = json.loads(result.outputs["refused.json"])
+    except (KeyError, ValueError):
+        raise PreflightError("train.py --check --check-space wrote no readable refused.json") from None
+    if not isinstance(refused, list) or not all(isinstance(entry, dict) and isinstance(entry.get("change"), dict)
+                                                for entry in refused):
+        raise PreflightError("train.py --check --check-space: refused.json is not a list of changes")
+    return refused
 
 
 def check_agent(agent) -> None:
