@@ -4,12 +4,13 @@ train.py cannot have done it (the change is reported, e.g. a human's edit); with
 
 from __future__ import annotations
 
+from research_loop.night.session import Session
 from research_loop.records.integrity import PROTECTED_FILES, listed
 
 FIXED = tuple(name for name in PROTECTED_FILES if name != "program.md")  # program.md: the human may edit it
 
 
-def check_after_run(session, run: int) -> tuple[str | None, str | None]:
+def check_after_run(session: Session, run: int) -> tuple[str | None, str | None]:
     """(the run's note when train.py may have done it, else None; a reason to stop the night, else None)."""
     files = session.files
     if files.backend != "none":

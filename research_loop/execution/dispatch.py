@@ -7,16 +7,18 @@ from __future__ import annotations
 from research_loop.evaluation.trial import Trial
 from research_loop.execution.executors import Ticket
 from research_loop.execution.jobs import Job
+from research_loop.night.config import NightConfig
+from research_loop.night.session import Session
 
 
-def predicts_test(session, trial: Trial, index: int) -> bool:
+def predicts_test(session: Session, trial: Trial, index: int) -> bool:
     """Test rows are long and only a kept run needs their predictions: the baseline's first trial, and the
     first confirming trial of a candidate that passed the screen (never a screened-out run)."""
     return (session.files.views.has_test and session.policy.screens
             and index == (0 if trial.candidate.is_baseline else 1))
 
 
-def job_for(session, trial: Trial, index: int, options) -> tuple[Job, Ticket]:
+def job_for(session: Session, trial: Trial, index: int, options: NightConfig) -> tuple[Job, Ticket]:
     candidate = trial.candidate
     seed, fold = trial.keys[index]
     with_test = predicts_test(session, trial, index)

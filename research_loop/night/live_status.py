@@ -7,13 +7,15 @@ import json
 import os
 import time
 
+from research_loop.evaluation.trial import Trial
+from research_loop.night.session import Session
 from research_loop.safe_io import write_atomically
 
 LIVE_EVERY_S = 2.0
 LIVE_FILE = "live.json"
 
 
-def in_flight_lines(session, queue) -> list[str]:
+def in_flight_lines(session: Session, queue: list[Trial]) -> list[str]:
     lines = []
     for trial in queue:
         if trial.candidate.is_baseline:
@@ -25,7 +27,7 @@ def in_flight_lines(session, queue) -> list[str]:
 
 
 class LiveStatus:
-    def __init__(self, session):
+    def __init__(self, session: Session):
         self.session = session
         self.written = 0.0
         self.stopping = ""  # "stopping after run 4 (STOP seen 02:28:28); ...", once STOP or Ctrl-C was seen

@@ -19,10 +19,13 @@ from research_loop.execution.after_run import check_after_run
 from research_loop.execution.dispatch import count_attempt, job_for
 from research_loop.execution.executors import Ticket
 from research_loop.model_cache import ModelCacheError, ensure_cached, model_name
+from research_loop.night.config import NightConfig
 from research_loop.night.live_status import LiveStatus, in_flight_lines
+from research_loop.night.session import Session
 from research_loop.night.stale import retire_stale
 from research_loop.night.stopping import Stop
-from research_loop.records.recorder import crash_point
+from research_loop.proposals.intake import Intake
+from research_loop.records.recorder import Recorder, crash_point
 from research_loop.records.run_record import Status
 
 POLL_S = 0.2
@@ -59,7 +62,8 @@ LIVE_FILE = "live.json"  # runs/<tag>/: what the loop is doing now, for `agent_l
 
 
 class Scheduler:
-    def __init__(self, session, intake, recorder, queue: list[Trial], options):
+    def __init__(self, session: Session, intake: Intake, recorder: Recorder, queue: list[Trial],
+                 options: NightConfig):
         self.session, self.intake, self.recorder = session, intake, recorder
         self.queue = queue
         self.options = options  # timeout_s, run_budget_s, train_options, kill grace, max_bounces

@@ -7,6 +7,7 @@ from __future__ import annotations
 from research_loop import config_block
 from research_loop.config_block import normalised
 from research_loop.evaluation.trial import Trial
+from research_loop.night.session import Session
 from research_loop.records.run_record import Status
 
 
@@ -25,7 +26,7 @@ def rebase(repo_git, parent: str, best: str, candidate: str) -> str | None:
     return repo_git.merge_train(parent, best, candidate)
 
 
-def retire_stale(session, queue: list[Trial], cancel, intake, recorder) -> list[int]:
+def retire_stale(session: Session, queue: list[Trial], cancel, intake, recorder) -> list[int]:
     """Stop and log every queued or running candidate not based on the current best; queue the rebased ones.
     cancel(trial) stops a trial's running jobs. Returns the retired run numbers (their late results are
     ignored)."""
