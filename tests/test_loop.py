@@ -28,6 +28,7 @@ from loop_helpers import (
 from research_loop.agents.base import AgentError, Proposal, Usage
 from research_loop.cli.status import describe_status
 from research_loop.config_block import read_config
+from research_loop.evaluation.acceptance import Confirm
 from research_loop.loop import LoopError, run_loop
 from research_loop.night.lock import LoopLock
 from research_loop.records.integrity import sha256_of
@@ -450,3 +451,23 @@ def test_ctrl_c_finishes_the_run_and_twice_kills_it(repo):
     assert statuses(repo) == ["baseline", "keep", "discard"]
     assert not train_pid_file(repo, TAG, 3).exists()
     assert git(repo, "status", "--porcelain") == ""
+
+
+def test_a_model_missing_from_the_cache_is_one_crash_row_or_the_baselines_own_error(tmp_path, prepared_task7,
+                                                                                     monkeypatch):
+    """The hub is unreachable and the model is not cached: the user reads the cache's reason, once."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    absent = 'MODEL_NAME = "nobody/no-such-model"  # not cached, and the hub is offline\n'
+    (tmp_path / "baseline").mkdir()
+    repo = make_repo(tmp_path / "baseline", prepared_task7, absent + FAKE_TRAIN_PY)
+    summary = run_loop(config(repo, max_runs=2), ScriptedAgent([]))
+    assert not summary.ok and "is not in the local Hugging Face cache" in summary.stop_reason, summary.stop_reason
+    assert results(repo) == []
+
+    (tmp_path / "later").mkdir()
+    repo = make_repo(tmp_path / "later", prepared_task7, 'MODEL_NAME = "minilm"\n' + FAKE_TRAIN_PY)
+    summary = run_loop(config(repo, max_runs=3, policy=Confirm(trials=3)),
+                       ScriptedAgent([("MODEL_NAME", "nobody/no-such-model"), ("QUALITY", 0.7)]))
+    rows = results(repo)
+    assert [row["status"] for row in rows] == ["baseline", "crash", "keep"], summary.stop_reason
+    assert "is not in the local Hugging Face cache" in rows[1]["note"]

@@ -162,9 +162,8 @@ class Scheduler:
             if not self._may_start(trial):
                 return
             for index in verdict.run:
-                if len(self.tickets) >= session.executor.slots:
-                    return
-                self._submit(trial, index)
+                if len(self.tickets) >= session.executor.slots or not self._submit(trial, index):
+                    return  # no free slot, or the trial ended before its job (its model is not there)
             return
         if trial.running:
             return
@@ -177,11 +176,12 @@ class Scheduler:
                 self.cancelled.update(retire_stale(self.session, self.queue, self._cancel, self.intake,
                                                    self.recorder))
 
-    def _submit(self, trial: Trial, index: int) -> None:
+    def _submit(self, trial: Trial, index: int) -> bool:
+        """Start one trial job; False when the trial ended instead (logged, or the night stopping)."""
         candidate = trial.candidate
         if not (trial.running or trial.done) and candidate.run not in self.attempted:
             if not self._model_ready(trial):
-                return
+                return False
             self.attempted.add(candidate.run)
             count_attempt(self.session.ws, candidate.run)
             crash_point("after_attempt", candidate.run)
@@ -189,6 +189,7 @@ class Scheduler:
         trial.running.add(index)
         self.tickets[(candidate.run, index)] = ticket
         self.session.executor.submit(job, ticket)
+        return True
 
     def _model_ready(self, trial: Trial) -> bool:
         """The model in the local cache before the first trial (the sandbox has no network)."""
