@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build gpu_bundle/ (git-ignored): what bench/gpu_check.py needs on a lent GPU machine that has no pip index
-# and no hub (Python 3.12, torch, transformers, scikit-learn there; gitpython, seqeval, anthropic, openai not).
+# and no hub (Python 3.12, torch, transformers, scikit-learn there; gitpython, tenacity, seqeval, anthropic, openai not).
 #   wheels/     Python 3.12 manylinux wheels of the loop's missing dependencies, one version each, at the
 #               versions installed here; seqeval has only an sdist, so it is built here into a pure
 #               py3-none-any wheel (its scikit-learn and numpy are on the device already, not carried)
@@ -32,7 +32,7 @@ rm -rf "$OUT"
 mkdir -p "$OUT/wheels" "$OUT/source" "$OUT/tokenizer"
 
 # 1. wheels: the loop's dependencies the device lacks, and what they need that it may lack or have too old
-PACKAGES="GitPython gitdb smmap anthropic openai pydantic pydantic-core jiter sniffio annotated-types
+PACKAGES="GitPython gitdb smmap tenacity anthropic openai pydantic pydantic-core jiter sniffio annotated-types
 typing-inspection typing-extensions docstring-parser httpx2 httpcore2 truststore h11 idna anyio certifi
 opentelemetry-api importlib-metadata zipp"
 PINS=$("$PY" - $PACKAGES <<'EOF'

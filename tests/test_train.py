@@ -521,6 +521,7 @@ def test_the_command_line_holds_only_the_loops_options(capsys):
         "fold": None,
         "deadline": 0.0,
         "check": False,
+        "check_space": None,
     }
     given = runtime.parse_args(["--seed", "7", "--limit", "5", "--fold", "2", "--deadline", "1750000000.5"])
     assert (given.seed, given.limit, given.fold, given.deadline) == (7, 5, 2, 1750000000.5)
