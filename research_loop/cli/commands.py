@@ -162,20 +162,29 @@ def night_base(repo: Path, night: dict, from_ref: str | None) -> tuple[str | Non
     return repo_git.head.commit.hexsha, branch
 
 
-def make_agent(repo: Path, options: RunOptions, tag: str, refused: list[dict] = ()):
+def searched_data(repo: Path, agent: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(labels, entity types, auxiliary sets) of data/ for an agent that searches the config block; empty
+    for the others."""
     import prepare
-    from research_loop.agents.registry import BACKENDS, AgentOptions
+    from research_loop.agents.registry import BACKENDS
+
+    if agent not in BACKENDS or not BACKENDS[agent].needs_labels:
+        return (), (), ()
+    try:
+        data = repo / "data"
+        return (tuple(prepare.load_labels(data)), tuple(prepare.load_entity_types(data)),
+                tuple(prepare.aux_names(data)))
+    except prepare.DataError as exc:
+        raise OptionError(str(exc)) from None
+
+
+def make_agent(repo: Path, options: RunOptions, tag: str, refused: list[dict] = ()):
+    from research_loop.agents.registry import AgentOptions
     from research_loop.agents.registry import make_agent as build
 
-    labels, types, aux = (), (), ()
-    if options.agent in BACKENDS and BACKENDS[options.agent].needs_labels:
-        try:
-            labels, types = prepare.load_labels(repo / "data"), prepare.load_entity_types(repo / "data")
-            aux = prepare.aux_names(repo / "data")
-        except prepare.DataError as exc:
-            raise OptionError(str(exc)) from None
-    return build(AgentOptions(options.agent, options.llm, options.base_url, options.agent_seed, tuple(labels),
-                              tuple(types), tuple(aux), repo / "runs" / tag / "optuna.db", tuple(refused)), repo)
+    labels, types, aux = searched_data(repo, options.agent)
+    return build(AgentOptions(options.agent, options.llm, options.base_url, options.agent_seed, labels, types, aux,
+                              repo / "runs" / tag / "optuna.db", tuple(refused)), repo)
 
 
 def night_files(repo: Path, config) -> tuple[str, dict[str, bytes], list[Path], Path]:
@@ -205,22 +214,16 @@ def check_new_settings(repo: Path, config, night: dict, backend: str) -> None:
 
 def refused_changes(repo: Path, options: RunOptions, config, night: dict, backend: str) -> list[dict]:
     """For a search agent (builtin, optuna): the changes of its space that train.py --check refuses."""
-    import prepare
     from research_loop.agents import search_space
-    from research_loop.agents.registry import BACKENDS
     from research_loop.night.preflight import check_search_space
 
-    if options.agent not in BACKENDS or not BACKENDS[options.agent].needs_labels:
+    labels, types, aux = searched_data(repo, options.agent)
+    if not labels:
         return []
-    data = repo / "data"
-    try:
-        space = search_space.options(prepare.load_labels(data), prepare.load_entity_types(data),
-                                     prepare.aux_names(data))
-    except prepare.DataError as exc:
-        raise OptionError(str(exc)) from None
     train_py, files, private, jobs_root = night_files(repo, config)
     settings = [config_block.parse_assignment(f"{name}={value}") for name, value in night.get("settings", {}).items()]
     train_py = config_block.apply_settings(train_py, settings if night else config.settings)
+    space = search_space.options(list(labels), list(types), list(aux))
     return check_search_space(repo, train_py, files, space, backend, jobs_root, private)
 
 
